@@ -1,0 +1,1 @@
+"""Energy analytics over the cold history."""

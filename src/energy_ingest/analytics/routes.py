@@ -1,0 +1,34 @@
+"""GET /v1/analytics/performance/{vehicleId}."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from litestar import get
+from litestar.params import Parameter
+
+from energy_ingest.analytics import service
+from energy_ingest.analytics.service import PerformanceReport
+from energy_ingest.params import device_id_param, parse_instant
+from energy_ingest.services import Services
+
+
+@get(
+    "/v1/analytics/performance/{vehicle_id:str}",
+    tags=["analytics"],
+    summary="A vehicle's energy totals and charging efficiency over a window (default: the last 24 hours)",
+)
+async def vehicle_performance(
+    services: Services,
+    vehicle_id: str = device_id_param("vehicleId"),
+    from_: str | None = Parameter(query="from", default=None, description="Window start, RFC 3339 (inclusive)"),
+    to: str | None = Parameter(query="to", default=None, description="Window end, RFC 3339 (exclusive)"),
+) -> PerformanceReport:
+    start, end = service.resolve_window(
+        parse_instant("from", from_) if from_ else None,
+        parse_instant("to", to) if to else None,
+        datetime.now(UTC),
+    )
+    return await service.performance(
+        services.pool, vehicle_id, start, end, services.settings.efficiency_threshold
+    )

@@ -1,0 +1,102 @@
+"""ASGI assembly: routes, error handlers, OpenAPI, and the process's pool and writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+
+from energy_ingest import __version__
+from energy_ingest.analytics.routes import vehicle_performance
+from energy_ingest.config import Settings
+from energy_ingest.db.pool import open_pool
+from energy_ingest.health import health, ready
+from energy_ingest.ingest.routes import ingest, rules_for
+from energy_ingest.ingest.writer import GroupCommitWriter
+from energy_ingest.links.routes import delete_link, get_link, put_link
+from energy_ingest.live.routes import meter_live, vehicle_live
+from energy_ingest.problems import make_handlers
+from energy_ingest.services import Services, get_services
+
+log = logging.getLogger("energy_ingest")
+
+PARTITION_UPKEEP_S = 3600.0
+
+
+async def _keep_partitions(services: Services) -> None:
+    """Create tomorrow's partitions ahead of time, hour after hour, whatever the database did meanwhile."""
+    while True:
+        try:
+            async with services.pool.connection() as conn:
+                await services.writer.partitions.ensure_window(conn, datetime.now(UTC).date())
+        except Exception as exc:
+            log.warning("partition upkeep failed, will retry: %s", exc)
+        await asyncio.sleep(PARTITION_UPKEEP_S)
+
+
+def create_app(settings: Settings, database_url: str) -> Litestar:
+    """The service, talking to `database_url` (migrations must already be applied)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool = await open_pool(database_url, settings)
+        writer = GroupCommitWriter(
+            pool,
+            flush_max_readings=settings.flush_max_readings,
+            flush_interval_ms=settings.flush_interval_ms,
+            concurrency=settings.writer_concurrency,
+            max_pending_readings=settings.max_pending_readings,
+        )
+        services = Services(settings=settings, pool=pool, writer=writer, rules=rules_for(settings))
+        app.state.services = services
+        writer.start()
+        upkeep = asyncio.create_task(_keep_partitions(services), name="partition-upkeep")
+        try:
+            yield
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+            await writer.stop()
+            await pool.close()
+
+    return Litestar(
+        route_handlers=[
+            ingest,
+            vehicle_performance,
+            put_link,
+            get_link,
+            delete_link,
+            meter_live,
+            vehicle_live,
+            health,
+            ready,
+        ],
+        dependencies={"services": Provide(get_services, sync_to_thread=False)},
+        exception_handlers=make_handlers(settings.retry_after_s),
+        lifespan=[lifespan],
+        request_max_body_size=settings.body_limit_bytes,
+        openapi_config=OpenAPIConfig(
+            title="energy-ingest",
+            version=__version__,
+            description="Smart-meter and EV telemetry ingestion and energy analytics on PostgreSQL.",
+            path="/",
+            render_plugins=[JsonRenderPlugin(path="/openapi.json"), SwaggerRenderPlugin(path="/docs")],
+        ),
+        debug=False,
+    )
+
+
+def create_app_from_env() -> Litestar:
+    """Factory for server workers: settings and DATABASE_URL from the environment."""
+    settings = Settings.from_env()
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL must be set for a worker (energy-ingest serve sets it)")
+    return create_app(settings, settings.database_url)

@@ -1,0 +1,92 @@
+"""Settings, read from the environment once; CLI flags override them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable or flag holds a value the service cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path(".energy-ingest")
+    efficiency_threshold: float = 0.85
+    max_future_skew_s: float = 300.0
+    max_backfill_days: int = 365
+    body_limit_bytes: int = 8 * 1024 * 1024
+    max_readings_per_request: int = 10_000
+    # group-commit writer
+    flush_max_readings: int = 5_000
+    flush_interval_ms: float = 5.0
+    writer_concurrency: int = 2
+    max_pending_readings: int = 100_000
+    # database pool
+    pool_max_size: int = 8
+    db_timeout_s: float = 5.0
+    retry_after_s: int = 2
+    workers: int = 1
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = source.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, raw, cls.__dataclass_fields__[f.name].default)
+        return cls(**values).validated()
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Apply CLI flags that were given (None means 'not given')."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **given).validated()
+
+    def validated(self) -> Settings:
+        checks = [
+            (1 <= self.port <= 65535, "PORT must be between 1 and 65535"),
+            (0 < self.efficiency_threshold <= 1.5, "EFFICIENCY_THRESHOLD must be in (0, 1.5]"),
+            (self.max_future_skew_s >= 0, "MAX_FUTURE_SKEW_S must be >= 0"),
+            (self.max_backfill_days >= 1, "MAX_BACKFILL_DAYS must be >= 1"),
+            (self.body_limit_bytes >= 1024, "BODY_LIMIT_BYTES must be >= 1024"),
+            (self.max_readings_per_request >= 1, "MAX_READINGS_PER_REQUEST must be >= 1"),
+            (self.flush_max_readings >= 1, "FLUSH_MAX_READINGS must be >= 1"),
+            (self.flush_interval_ms >= 0, "FLUSH_INTERVAL_MS must be >= 0"),
+            (self.writer_concurrency >= 1, "WRITER_CONCURRENCY must be >= 1"),
+            (
+                self.max_pending_readings >= self.max_readings_per_request,
+                "MAX_PENDING_READINGS must be >= MAX_READINGS_PER_REQUEST",
+            ),
+            (self.pool_max_size > self.writer_concurrency, "POOL_MAX_SIZE must exceed WRITER_CONCURRENCY"),
+            (self.db_timeout_s > 0, "DB_TIMEOUT_S must be > 0"),
+            (self.workers >= 1, "WORKERS must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SettingsError(message)
+        return self
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+    return raw

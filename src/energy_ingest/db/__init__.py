@@ -1,0 +1,1 @@
+"""Connection pool, embedded server, migrations and partition upkeep."""

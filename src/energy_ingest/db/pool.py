@@ -1,0 +1,27 @@
+"""The process's connection pool."""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from energy_ingest.config import Settings
+
+
+async def _configure(conn: AsyncConnection[object]) -> None:
+    await conn.set_autocommit(True)
+
+
+async def open_pool(conninfo: str, settings: Settings) -> AsyncConnectionPool[AsyncConnection[object]]:
+    pool: AsyncConnectionPool[AsyncConnection[object]] = AsyncConnectionPool(
+        conninfo,
+        min_size=min(2, settings.pool_max_size),
+        max_size=settings.pool_max_size,
+        kwargs={"options": "-c TimeZone=UTC", "connect_timeout": max(1, int(settings.db_timeout_s))},
+        configure=_configure,
+        check=AsyncConnectionPool.check_connection,
+        timeout=settings.db_timeout_s,
+        open=False,
+    )
+    await pool.open(wait=False)
+    return pool

@@ -1,0 +1,1 @@
+"""The device registry: a small integer key for every meter and vehicle id."""

@@ -1,0 +1,1 @@
+"""HTTP ingest route, group-commit writer and write SQL."""

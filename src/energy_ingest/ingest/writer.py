@@ -1,0 +1,310 @@
+"""Group commit: many requests' readings, one transaction, every request answered after the commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from energy_ingest.db.partitions import PartitionKeeper, day_of
+from energy_ingest.devices.registry import DeviceKind, DeviceRegistry
+from energy_ingest.ingest import repository as repo
+from energy_ingest.telemetry.decode import DecodedBatch
+
+log = logging.getLogger("energy_ingest.writer")
+
+DB_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+class Overloaded(Exception):
+    """The writer already holds as many readings as it may; the client should retry later."""
+
+
+class DatabaseUnavailable(Exception):
+    """The transaction holding the request's readings could not commit: the database is unreachable."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushStats:
+    requests: int
+    readings: int
+    inserted: int
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Request:
+    batch: DecodedBatch
+    received_at: datetime
+    future: asyncio.Future[IngestResult]
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.batch)
+
+
+class GroupCommitWriter:
+    """Coalesces concurrent requests into one transaction per flush.
+
+    A flush starts when `flush_max_readings` are queued or `flush_interval_ms` after
+    the first queued request, whichever comes first; up to `concurrency` flushes run
+    at once, each on its own connection. A request is never split across flushes.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[object]],
+        *,
+        flush_max_readings: int,
+        flush_interval_ms: float,
+        concurrency: int,
+        max_pending_readings: int,
+        on_flush: Callable[[FlushStats], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._flush_max = flush_max_readings
+        self._interval = flush_interval_ms / 1000
+        self._max_pending = max_pending_readings
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queue: deque[_Request] = deque()
+        self._queued_readings = 0
+        self._pending_readings = 0  # queued + being written
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._registry = DeviceRegistry()
+        self._partitions = PartitionKeeper()
+        self._on_flush = on_flush
+
+    @property
+    def pending_readings(self) -> int:
+        return self._pending_readings
+
+    @property
+    def partitions(self) -> PartitionKeeper:
+        return self._partitions
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit-writer")
+
+    async def stop(self) -> None:
+        """Write everything already accepted, then stop."""
+        self._closing = True
+        self._arrived.set()
+        if self._task is not None:
+            await self._task
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
+
+    async def submit(self, batch: DecodedBatch) -> IngestResult:
+        """Queue a request's readings; return once they are committed."""
+        size = len(batch)
+        if self._closing or self._pending_readings + size > self._max_pending:
+            raise Overloaded
+        request = _Request(batch, datetime.now(UTC), asyncio.get_running_loop().create_future())
+        self._pending_readings += size
+        self._queued_readings += size
+        self._queue.append(request)
+        self._arrived.set()
+        # Shielded: a client that hangs up does not cancel a write others share.
+        return await asyncio.shield(request.future)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._slots.acquire()
+            deadline = loop.time() + self._interval
+            while self._queued_readings < self._flush_max and not self._closing:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+            group = self._take()
+            task = asyncio.create_task(self._flush(group))
+            self._flushes.add(task)
+            task.add_done_callback(self._flush_done)
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        self._slots.release()
+
+    def _take(self) -> list[_Request]:
+        group = [self._queue.popleft()]
+        count = group[0].size
+        while self._queue and count + self._queue[0].size <= self._flush_max:
+            request = self._queue.popleft()
+            group.append(request)
+            count += request.size
+        self._queued_readings -= count
+        return group
+
+    async def _flush(self, group: list[_Request]) -> None:
+        try:
+            await self._flush_group(group)
+        finally:
+            self._pending_readings -= sum(r.size for r in group)
+
+    async def _flush_group(self, group: list[_Request]) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            results = await self._write(group)
+        except DB_UNAVAILABLE as exc:
+            log.warning("flush of %d requests failed, database unavailable: %s", len(group), exc)
+            self._fail(group, DatabaseUnavailable(str(exc)))
+        except Exception as exc:
+            if len(group) > 1:
+                # One request's rows broke the transaction: retry each alone so only it fails.
+                log.warning("flush of %d requests failed (%s); retrying one by one", len(group), exc)
+                for request in group:
+                    await self._flush_group([request])
+                return
+            log.exception("write of one request failed")
+            self._fail(group, exc)
+        else:
+            for request, result in zip(group, results, strict=True):
+                if not request.future.done():
+                    request.future.set_result(result)
+            if self._on_flush is not None:
+                elapsed = asyncio.get_running_loop().time() - started
+                readings = sum(r.size for r in group)
+                inserted = sum(r.accepted for r in results)
+                self._on_flush(FlushStats(len(group), readings, inserted, elapsed))
+
+    def _fail(self, group: list[_Request], exc: BaseException) -> None:
+        for request in group:
+            if not request.future.done():
+                request.future.set_exception(exc)
+
+    async def _write(self, group: list[_Request]) -> list[IngestResult]:
+        async with self._pool.connection() as conn:
+            meters = await self._rows(conn, group, METERS)
+            vehicles = await self._rows(conn, group, VEHICLES)
+            try:
+                return await self._commit(conn, group, meters, vehicles)
+            except psycopg.errors.CheckViolation as exc:
+                # A partition this process believed in was dropped (retention): recreate and retry once.
+                if "no partition" not in str(exc):
+                    raise
+                self._partitions.forget()
+                for stream, rows in ((METERS, meters), (VEHICLES, vehicles)):
+                    await self._partitions.ensure(conn, stream.table, {day_of(row[1]) for row in rows.cold})
+                return await self._commit(conn, group, meters, vehicles)
+
+    async def _commit(
+        self, conn: AsyncConnection[object], group: list[_Request], meters: _Rows, vehicles: _Rows
+    ) -> list[IngestResult]:
+        async with conn.transaction():
+            new_meters = await repo.insert_cold(conn, METERS.insert_cold, meters.cold)
+            new_vehicles = await repo.insert_cold(conn, VEHICLES.insert_cold, vehicles.cold)
+            await repo.upsert_hot(conn, METERS.upsert_hot, meters.hot)
+            await repo.upsert_hot(conn, VEHICLES.upsert_hot, vehicles.hot)
+        return _attribute(group, self._registry, new_meters, new_vehicles)
+
+    async def _rows(self, conn: AsyncConnection[object], group: list[_Request], stream: _Stream) -> _Rows:
+        readings = [(r, req.received_at) for req in group for r in stream.readings(req.batch)]
+        if not readings:
+            return _Rows([], [])
+        device = stream.device
+        keys = await self._registry.keys(conn, stream.kind, {device(r) for r, _ in readings})
+        await self._partitions.ensure(conn, stream.table, {day_of(r.timestamp) for r, _ in readings})
+        values = stream.values
+        cold = sorted((keys[device(r)], r.timestamp, at, *values(r)) for r, at in readings)
+        newest: dict[str, tuple[Any, datetime]] = {}
+        for r, at in readings:
+            seen = newest.get(device(r))
+            # Strictly newer only: of equal-time readings the first one stays, as in the cold table.
+            if seen is None or r.timestamp > seen[0].timestamp:
+                newest[device(r)] = (r, at)
+        hot = [(device(r), r.timestamp, at, *values(r)) for r, at in sorted(newest.values(), key=lambda x: device(x[0]))]
+        return _Rows(cold, hot)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    cold: list[tuple[Any, ...]]  # sorted by (device key, ts): concurrent flushes lock in one order
+    hot: list[tuple[Any, ...]]  # one per device, newest, sorted by device id
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """How one kind of reading becomes rows."""
+
+    kind: DeviceKind
+    table: str
+    insert_cold: str
+    upsert_hot: str
+    readings: Callable[[DecodedBatch], Sequence[Any]]
+    device: Callable[[Any], str]
+    values: Callable[[Any], tuple[float, ...]]
+
+
+METERS = _Stream(
+    "meter",
+    "meter_readings",
+    repo.INSERT_METER_READINGS,
+    repo.UPSERT_METER_LIVE,
+    readings=lambda b: b.meters,
+    device=attrgetter("meter_id"),
+    values=lambda r: (r.kwh_consumed_ac, r.voltage),
+)
+VEHICLES = _Stream(
+    "vehicle",
+    "vehicle_readings",
+    repo.INSERT_VEHICLE_READINGS,
+    repo.UPSERT_VEHICLE_LIVE,
+    readings=lambda b: b.vehicles,
+    device=attrgetter("vehicle_id"),
+    values=lambda r: (r.kwh_delivered_dc, r.soc, r.battery_temp),
+)
+
+
+def _attribute(
+    group: list[_Request],
+    registry: DeviceRegistry,
+    new_meters: set[repo.Key],
+    new_vehicles: set[repo.Key],
+) -> list[IngestResult]:
+    """Credit each inserted row to the first request (in arrival order) that sent it."""
+    meter_keys = registry.cached("meter")
+    vehicle_keys = registry.cached("vehicle")
+    results = []
+    for request in group:
+        accepted = 0
+        for m in request.batch.meters:
+            key = (meter_keys[m.meter_id], m.timestamp)
+            if key in new_meters:
+                new_meters.discard(key)
+                accepted += 1
+        for v in request.batch.vehicles:
+            key = (vehicle_keys[v.vehicle_id], v.timestamp)
+            if key in new_vehicles:
+                new_vehicles.discard(key)
+                accepted += 1
+        results.append(IngestResult(accepted=accepted, duplicates=request.size - accepted))
+    return results

@@ -1,0 +1,76 @@
+"""PUT/GET/DELETE /v1/vehicles/{vehicleId}/meter."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+from litestar import Response, delete, get, put
+
+from energy_ingest.links import service
+from energy_ingest.links.repository import LinkRow
+from energy_ingest.params import device_id_param
+from energy_ingest.problems import Problem
+from energy_ingest.services import Services
+from energy_ingest.telemetry.readings import DeviceId
+
+VehicleIdParam = device_id_param("vehicleId")
+
+
+class LinkRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    meter_id: DeviceId
+    from_: datetime | None = msgspec.field(default=None, name="from")
+
+
+class Link(msgspec.Struct, rename="camel"):
+    meter_id: str
+    from_: datetime = msgspec.field(name="from")
+    to: datetime | None
+
+
+class LinkState(msgspec.Struct, rename="camel"):
+    vehicle_id: str
+    current: Link | None
+    history: list[Link]
+
+
+def _link(row: LinkRow) -> Link:
+    return Link(meter_id=row.meter_id, from_=row.valid_from, to=row.valid_to)
+
+
+def _state(vehicle_id: str, rows: list[LinkRow], now: datetime) -> LinkState:
+    current = next(
+        (r for r in rows if r.valid_from <= now and (r.valid_to is None or r.valid_to > now)),
+        None,
+    )
+    return LinkState(
+        vehicle_id=vehicle_id, current=_link(current) if current else None, history=[_link(r) for r in rows]
+    )
+
+
+@put("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="Link a vehicle to a charger's meter")
+async def put_link(
+    services: Services, data: LinkRequest, vehicle_id: str = VehicleIdParam
+) -> Response[LinkState]:
+    now = datetime.now(UTC)
+    start = data.from_ or now
+    if start.tzinfo is None:
+        raise Problem(400, "`from` needs `Z` or an offset", errors=[{"field": "from", "reason": "no time zone"}])
+    _, created = await service.link(services.pool, vehicle_id, data.meter_id, start)
+    rows = await service.history(services.pool, vehicle_id)
+    return Response(_state(vehicle_id, rows, now), status_code=201 if created else 200)
+
+
+@get("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="Current link and link history")
+async def get_link(services: Services, vehicle_id: str = VehicleIdParam) -> LinkState:
+    rows = await service.history(services.pool, vehicle_id)
+    if not rows:
+        raise Problem(404, f"vehicle {vehicle_id} has never been linked to a meter")
+    return _state(vehicle_id, rows, datetime.now(UTC))
+
+
+@delete("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="End the current link now", status_code=200)
+async def delete_link(services: Services, vehicle_id: str = VehicleIdParam) -> LinkState:
+    now = datetime.now(UTC)
+    await service.unlink(services.pool, vehicle_id, now)
+    return _state(vehicle_id, await service.history(services.pool, vehicle_id), now)

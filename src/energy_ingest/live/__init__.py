@@ -1,0 +1,1 @@
+"""Reads of the hot store: each device's newest reading."""

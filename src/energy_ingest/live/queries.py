@@ -1,0 +1,57 @@
+"""SQL reads of `meter_live_status` and `vehicle_live_status`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from energy_ingest.services import Pool
+from energy_ingest.telemetry.readings import MeterReading, VehicleReading
+
+
+class MeterLive(MeterReading, kw_only=True):
+    received_at: datetime
+
+
+class VehicleLive(VehicleReading, kw_only=True):
+    received_at: datetime
+
+
+def _f4(value: float) -> float:
+    """Values stored as `real` come back with float noise; 7 significant digits is what they hold."""
+    return float(f"{value:.7g}")
+
+
+async def meter(pool: Pool, meter_id: str) -> MeterLive | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT ts, received_at, kwh_consumed_ac, voltage FROM meter_live_status WHERE meter_id = %s",
+            [meter_id],
+        )
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    ts, received_at, kwh, voltage = row
+    return MeterLive(
+        meter_id=meter_id, kwh_consumed_ac=kwh, voltage=_f4(voltage), timestamp=ts, received_at=received_at
+    )
+
+
+async def vehicle(pool: Pool, vehicle_id: str) -> VehicleLive | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT ts, received_at, kwh_delivered_dc, soc, battery_temp FROM vehicle_live_status"
+            " WHERE vehicle_id = %s",
+            [vehicle_id],
+        )
+        row = await cur.fetchone()
+    if row is None:
+        return None
+    ts, received_at, kwh, soc, temp = row
+    return VehicleLive(
+        vehicle_id=vehicle_id,
+        kwh_delivered_dc=kwh,
+        soc=_f4(soc),
+        battery_temp=_f4(temp),
+        timestamp=ts,
+        received_at=received_at,
+    )

@@ -1,0 +1,114 @@
+"""RFC 9457 problem details: every error the API gives is `application/problem+json`."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from energy_ingest.ingest.writer import DB_UNAVAILABLE, DatabaseUnavailable, Overloaded
+
+log = logging.getLogger("energy_ingest.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemDetails(msgspec.Struct, omit_defaults=True):
+    """The body of every error answer."""
+
+    title: str
+    status: int
+    detail: str
+    type: str = "about:blank"
+    errors: list[dict[str, Any]] | None = None
+
+
+class Problem(Exception):
+    """An error to answer as problem+json; raised by services and routes alike."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title or HTTPStatus(status).phrase
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def problem_response(problem: Problem) -> Response[bytes]:
+    body = ProblemDetails(
+        title=problem.title, status=problem.status, detail=problem.detail, errors=problem.errors
+    )
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
+
+
+def _on_problem(_: Request[Any, Any, Any], exc: Problem) -> Response[bytes]:
+    return problem_response(exc)
+
+
+def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    errors = None
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        errors = [
+            {"field": e.get("key", "?"), "reason": e.get("message", "")} for e in exc.extra if isinstance(e, dict)
+        ]
+    detail = exc.detail or HTTPStatus(exc.status_code).phrase
+    return problem_response(Problem(exc.status_code, detail, errors=errors, headers=exc.headers or None))
+
+
+def _retry_after(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}
+
+
+def make_handlers(retry_after_s: int) -> dict[type[Exception], Any]:
+    def on_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        log.warning("database unavailable: %s", exc)
+        return problem_response(
+            Problem(
+                503,
+                "The database is unavailable; nothing was stored. Retry later.",
+                title="Service Unavailable",
+                headers=_retry_after(retry_after_s),
+            )
+        )
+
+    def on_overloaded(_: Request[Any, Any, Any], exc: Overloaded) -> Response[bytes]:
+        return problem_response(
+            Problem(
+                429,
+                "The ingest queue is full; nothing of this request was accepted. Retry after the given delay.",
+                headers=_retry_after(1),
+            )
+        )
+
+    def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(Problem(500, "An unexpected error occurred; it has been logged."))
+
+    handlers: dict[type[Exception], Any] = {
+        Problem: _on_problem,
+        HTTPException: _on_http,
+        Overloaded: on_overloaded,
+        DatabaseUnavailable: on_unavailable,
+        Exception: on_unexpected,
+    }
+    for exc_type in DB_UNAVAILABLE:
+        handlers[exc_type] = on_unavailable
+    return handlers

@@ -1,0 +1,1 @@
+"""Reading types, validation, and JSON/NDJSON decoding."""

@@ -1,0 +1,294 @@
+"""Decode a request body (JSON object, JSON array or NDJSON) into validated readings.
+
+The fast path is one msgspec pass over the whole body. Only when that fails do we
+decode reading by reading, so that the answer can list every bad reading.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+import msgspec
+
+from energy_ingest.telemetry.readings import (
+    BatteryTemp,
+    DeviceId,
+    Energy,
+    MeterReading,
+    StateOfCharge,
+    Timestamp,
+    VehicleReading,
+    Voltage,
+)
+
+
+class ReadingError(msgspec.Struct, omit_defaults=True):
+    """One problem with one reading of a request."""
+
+    index: int
+    field: str
+    reason: str
+    line: int | None = None
+
+
+class BodyError(Exception):
+    """The body as a whole cannot be read (malformed, empty, too many readings)."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+
+
+class InvalidReadings(Exception):
+    """At least one reading breaks a rule; the request must store nothing."""
+
+    def __init__(self, errors: list[ReadingError], total: int) -> None:
+        super().__init__(f"{len({e.index for e in errors})} of {total} readings are invalid")
+        self.errors = errors
+        self.total = total
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    max_readings: int
+    max_future_skew: timedelta
+    max_backfill: timedelta
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    meters: list[MeterReading] = field(default_factory=list)
+    vehicles: list[VehicleReading] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.meters) + len(self.vehicles)
+
+
+class _Incoming(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Every field either kind may carry; which kind it is gets decided after decoding."""
+
+    type: Literal["meter", "vehicle"] | None = None
+    meter_id: DeviceId | None = None
+    vehicle_id: DeviceId | None = None
+    kwh_consumed_ac: Energy | None = None
+    voltage: Voltage | None = None
+    soc: StateOfCharge | None = None
+    kwh_delivered_dc: Energy | None = None
+    battery_temp: BatteryTemp | None = None
+    timestamp: Timestamp | None = None
+
+
+_METER_FIELDS = ("meterId", "kwhConsumedAc", "voltage", "timestamp")
+_VEHICLE_FIELDS = ("vehicleId", "soc", "kwhDeliveredDc", "batteryTemp", "timestamp")
+_ONE = msgspec.json.Decoder(_Incoming)
+_MANY = msgspec.json.Decoder(list[_Incoming])
+_RAW_MANY = msgspec.json.Decoder(list[msgspec.Raw])
+_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?:\[\d+\])?(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]*)`")
+
+
+def decode_json(body: bytes, rules: Rules, now: datetime) -> DecodedBatch:
+    stripped = body.lstrip()
+    if not stripped:
+        raise BodyError(400, "Empty body", "The body holds no readings: send a reading object or an array.")
+    single = stripped[:1] == b"{"
+    try:
+        items = [_ONE.decode(body)] if single else _MANY.decode(body)
+    except msgspec.ValidationError:
+        items = None
+    except msgspec.DecodeError as exc:
+        raise BodyError(400, "Malformed JSON", f"The body is not valid JSON: {exc}") from None
+    if items is not None:
+        return _validate(items, rules, now, lines=None)
+    raws = _split_json(body, single)
+    return _decode_one_by_one(raws, rules, now, lines=None)
+
+
+def decode_ndjson(body: bytes, rules: Rules, now: datetime) -> DecodedBatch:
+    raws: list[bytes] = []
+    lines: list[int] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if line.strip():
+            raws.append(line)
+            lines.append(number)
+    if not raws:
+        raise BodyError(400, "Empty body", "The body holds no readings: send one JSON object per line.")
+    _check_count(len(raws), rules)
+    try:
+        items = _MANY.decode(b"[" + b",".join(raws) + b"]")
+    except msgspec.MsgspecError:
+        items = None
+    # A line holding two objects would also pass the joined decode; the count catches it.
+    if items is not None and len(items) == len(raws):
+        return _validate(items, rules, now, lines=lines)
+    return _decode_one_by_one(raws, rules, now, lines=lines)
+
+
+def _split_json(body: bytes, single: bool) -> list[bytes]:
+    if single:
+        return [body]
+    try:
+        raws = _RAW_MANY.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BodyError(
+            400, "Invalid body", f"The body must be a reading object or an array of them: {exc}"
+        ) from None
+    return [bytes(r) for r in raws]
+
+
+def _decode_one_by_one(raws: list[bytes], rules: Rules, now: datetime, lines: list[int] | None) -> DecodedBatch:
+    _check_count(len(raws), rules)
+    items: list[_Incoming | None] = []
+    errors: list[ReadingError] = []
+    for index, raw in enumerate(raws):
+        try:
+            items.append(_ONE.decode(raw))
+        except msgspec.MsgspecError as exc:
+            items.append(None)
+            name, reason = _explain(exc)
+            errors.append(ReadingError(index, name, reason, lines[index] if lines else None))
+    return _validate(items, rules, now, lines=lines, errors=errors)
+
+
+def _check_count(count: int, rules: Rules) -> None:
+    if count > rules.max_readings:
+        raise BodyError(
+            413,
+            "Too many readings",
+            f"The body holds {count} readings; at most {rules.max_readings} are accepted per request.",
+        )
+
+
+def _validate(
+    items: list[_Incoming] | list[_Incoming | None],
+    rules: Rules,
+    now: datetime,
+    lines: list[int] | None,
+    errors: list[ReadingError] | None = None,
+) -> DecodedBatch:
+    _check_count(len(items), rules)
+    if not items:
+        raise BodyError(400, "Empty body", "The array holds no readings.")
+    errors = errors if errors is not None else []
+    latest = now + rules.max_future_skew
+    earliest = now - rules.max_backfill
+    batch = DecodedBatch()
+    for index, item in enumerate(items):
+        if item is None:
+            continue
+        found = _check(item, latest, earliest, rules)
+        if isinstance(found, list):
+            line = lines[index] if lines else None
+            errors.extend(ReadingError(index, name, reason, line) for name, reason in found)
+        elif isinstance(found, MeterReading):
+            batch.meters.append(found)
+        else:
+            batch.vehicles.append(found)
+    if errors:
+        errors.sort(key=lambda e: e.index)
+        raise InvalidReadings(errors, len(items))
+    return batch
+
+
+def _check(
+    item: _Incoming, latest: datetime, earliest: datetime, rules: Rules
+) -> MeterReading | VehicleReading | list[tuple[str, str]]:
+    kind = item.type
+    if kind is None:
+        if item.meter_id is not None and item.vehicle_id is not None:
+            return [("vehicleId", "a reading carries either meterId or vehicleId, not both")]
+        if item.meter_id is None and item.vehicle_id is None:
+            return [("type", "cannot tell a meter reading from a vehicle reading: give meterId or vehicleId")]
+        kind = "meter" if item.meter_id is not None else "vehicle"
+    present = {
+        "meterId": item.meter_id,
+        "kwhConsumedAc": item.kwh_consumed_ac,
+        "voltage": item.voltage,
+        "vehicleId": item.vehicle_id,
+        "soc": item.soc,
+        "kwhDeliveredDc": item.kwh_delivered_dc,
+        "batteryTemp": item.battery_temp,
+        "timestamp": item.timestamp,
+    }
+    wanted = _METER_FIELDS if kind == "meter" else _VEHICLE_FIELDS
+    problems = [(name, f"is required for a {kind} reading") for name in wanted if present[name] is None]
+    problems += [
+        (name, f"is not a field of a {kind} reading")
+        for name, value in present.items()
+        if value is not None and name not in wanted
+    ]
+    ts = item.timestamp
+    if ts is not None:
+        if ts > latest:
+            skew = rules.max_future_skew.total_seconds()
+            problems.append(("timestamp", f"is more than {skew:g} s ahead of the server clock"))
+        elif ts < earliest:
+            days = rules.max_backfill.days
+            problems.append(("timestamp", f"is more than {days} days in the past (backfill limit)"))
+    if problems:
+        return problems
+    assert ts is not None
+    if kind == "meter":
+        assert item.meter_id is not None and item.kwh_consumed_ac is not None and item.voltage is not None
+        return MeterReading(
+            meter_id=item.meter_id, kwh_consumed_ac=item.kwh_consumed_ac, voltage=item.voltage, timestamp=ts
+        )
+    assert item.vehicle_id is not None and item.soc is not None
+    assert item.kwh_delivered_dc is not None and item.battery_temp is not None
+    return VehicleReading(
+        vehicle_id=item.vehicle_id,
+        soc=item.soc,
+        kwh_delivered_dc=item.kwh_delivered_dc,
+        battery_temp=item.battery_temp,
+        timestamp=ts,
+    )
+
+
+def _explain(exc: msgspec.MsgspecError) -> tuple[str, str]:
+    """Turn a msgspec message into (field, reason) in the API's own words."""
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return "$", f"not valid JSON: {text.removeprefix('JSON is malformed: ')}"
+    unknown = _UNKNOWN.search(text)
+    if unknown:
+        return unknown.group("name"), "is not a known field"
+    match = _AT.match(text)
+    reason = match.group("reason") if match else text
+    path = (match.group("path") if match else "") or ""
+    name = path.lstrip(".") or "$"
+    reason = (
+        reason.replace(" | null", "")
+        .replace("Expected `float`, got `str`", "must be a JSON number, not a string")
+        .replace("Expected `float`, got `bool`", "must be a JSON number, not a boolean")
+        .replace("Expected `float`", "must be a number")
+        .replace("Expected `str` matching regex", "must match")
+        .replace("Expected `object`", "must be a JSON object")
+        .replace("Number out of range", "must be a finite number")
+    )
+    if name == "timestamp" and "datetime" in reason:
+        reason = "must be an RFC 3339 timestamp with `Z` or an offset, e.g. 2026-02-08T10:00:00Z"
+    return name, reason
+
+
+NDJSON_MEDIA_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
+
+
+def decode_body(media_type: str, body: bytes, rules: Rules, now: datetime) -> DecodedBatch:
+    """Decode by the request's media type (its parameters, such as charset, already stripped)."""
+    media_type = media_type.lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return decode_json(body, rules, now)
+    if media_type in NDJSON_MEDIA_TYPES:
+        return decode_ndjson(body, rules, now)
+    shown = media_type or "none"
+    raise BodyError(
+        415,
+        "Unsupported Media Type",
+        f"Content-Type {shown} is not accepted: send application/json (a reading or an array of readings) "
+        "or application/x-ndjson (one reading per line).",
+    )

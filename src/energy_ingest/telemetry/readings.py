@@ -1,0 +1,51 @@
+"""The two kinds of reading the service ingests, as clients send them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+
+DeviceId = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=DEVICE_ID_PATTERN,
+        description="1–64 characters: letters, digits and `._:-`",
+        examples=["MTR-1001"],
+    ),
+]
+Energy = Annotated[float, msgspec.Meta(ge=0, description="Energy of this reading's interval, kWh (finite, ≥ 0)")]
+Voltage = Annotated[float, msgspec.Meta(ge=0, le=1000, description="Volts, 0–1000")]
+StateOfCharge = Annotated[float, msgspec.Meta(ge=0, le=100, description="State of charge, %, 0–100")]
+BatteryTemp = Annotated[float, msgspec.Meta(ge=-50, le=150, description="Battery temperature, °C, −50–150")]
+Timestamp = Annotated[
+    datetime,
+    msgspec.Meta(tz=True, description="Measurement time, RFC 3339 with `Z` or an offset"),
+]
+
+
+class MeterReading(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """A smart meter's reading: AC energy drawn from the grid."""
+
+    type: Literal["meter"] = "meter"
+    meter_id: DeviceId
+    kwh_consumed_ac: Energy
+    voltage: Voltage
+    timestamp: Timestamp
+
+
+class VehicleReading(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """An electric vehicle's reading: DC energy stored in its battery."""
+
+    type: Literal["vehicle"] = "vehicle"
+    vehicle_id: DeviceId
+    soc: StateOfCharge
+    kwh_delivered_dc: Energy
+    battery_temp: BatteryTemp
+    timestamp: Timestamp
+
+
+Reading = MeterReading | VehicleReading
