@@ -6,7 +6,7 @@ import msgspec
 from litestar import get
 
 from energy_ingest.problems import Problem
-from energy_ingest.services import Services
+from energy_ingest.services import ServicesDep
 
 
 class Status(msgspec.Struct):
@@ -19,7 +19,7 @@ async def health() -> Status:
 
 
 @get("/ready", tags=["health"], summary="The database answers (503 otherwise)")
-async def ready(services: Services) -> Status:
+async def ready(services: ServicesDep) -> Status:
     try:
         async with services.pool.connection(timeout=services.settings.db_timeout_s) as conn:
             await conn.execute("SELECT 1")

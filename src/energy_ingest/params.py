@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated
 
 import msgspec
-from litestar.params import Parameter
+from litestar.params import PathParameter
 
 from energy_ingest.problems import Problem
 from energy_ingest.telemetry.readings import DEVICE_ID_PATTERN
@@ -33,6 +33,10 @@ def parse_instant(name: str, value: str) -> datetime:
     return instant
 
 
-def device_id_param(name: str) -> Any:
-    """Path parameter holding a device id: same rule as in readings, checked before any query."""
-    return Parameter(title=name, pattern=DEVICE_ID_PATTERN, description="1–64 letters, digits or `._:-`")
+def _device_id(name: str) -> PathParameter:
+    return PathParameter(title=name, pattern=DEVICE_ID_PATTERN, description="1–64 letters, digits or `._:-`")
+
+
+# Path parameters holding a device id: the same rule as in readings, checked before any query.
+VehicleIdPath = Annotated[str, _device_id("vehicleId")]
+MeterIdPath = Annotated[str, _device_id("meterId")]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
 from litestar import get
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from energy_ingest.analytics import service
 from energy_ingest.analytics.service import PerformanceReport
-from energy_ingest.params import device_id_param, parse_instant
-from energy_ingest.services import Services
+from energy_ingest.params import VehicleIdPath, parse_instant
+from energy_ingest.services import ServicesDep
 
 
 @get(
@@ -19,10 +20,10 @@ from energy_ingest.services import Services
     summary="A vehicle's energy totals and charging efficiency over a window (default: the last 24 hours)",
 )
 async def vehicle_performance(
-    services: Services,
-    vehicle_id: str = device_id_param("vehicleId"),
-    from_: str | None = Parameter(query="from", default=None, description="Window start, RFC 3339 (inclusive)"),
-    to: str | None = Parameter(query="to", default=None, description="Window end, RFC 3339 (exclusive)"),
+    services: ServicesDep,
+    vehicle_id: VehicleIdPath,
+    from_: Annotated[str | None, QueryParameter(name="from", description="Window start, RFC 3339 (inclusive)")] = None,
+    to: Annotated[str | None, QueryParameter(description="Window end, RFC 3339 (exclusive)")] = None,
 ) -> PerformanceReport:
     start, end = service.resolve_window(
         parse_instant("from", from_) if from_ else None,

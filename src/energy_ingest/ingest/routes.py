@@ -13,7 +13,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Sche
 
 from energy_ingest.config import Settings
 from energy_ingest.problems import Problem, ProblemDetails
-from energy_ingest.services import Services
+from energy_ingest.services import ServicesDep
 from energy_ingest.telemetry.decode import BodyError, InvalidReadings, Rules, decode_body
 from energy_ingest.telemetry.readings import Reading
 
@@ -85,7 +85,7 @@ def rules_for(settings: Settings) -> Rules:
         503: _problem("Database unavailable: retry after Retry-After seconds"),
     },
 )
-async def ingest(request: Request[Any, Any, Any], services: Services) -> IngestAccepted:
+async def ingest(request: Request[Any, Any, Any], services: ServicesDep) -> IngestAccepted:
     body = await request.body()
     try:
         batch = decode_body(request.content_type[0], body, services.rules, datetime.now(UTC))

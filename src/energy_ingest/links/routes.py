@@ -6,15 +6,15 @@ from datetime import UTC, datetime
 
 import msgspec
 from litestar import Response, delete, get, put
+from litestar.params import JSONBody
 
 from energy_ingest.links import service
 from energy_ingest.links.repository import LinkRow
-from energy_ingest.params import device_id_param
+from energy_ingest.params import VehicleIdPath
 from energy_ingest.problems import Problem
-from energy_ingest.services import Services
+from energy_ingest.services import ServicesDep
 from energy_ingest.telemetry.readings import DeviceId
 
-VehicleIdParam = device_id_param("vehicleId")
 
 
 class LinkRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -50,7 +50,7 @@ def _state(vehicle_id: str, rows: list[LinkRow], now: datetime) -> LinkState:
 
 @put("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="Link a vehicle to a charger's meter")
 async def put_link(
-    services: Services, data: LinkRequest, vehicle_id: str = VehicleIdParam
+    services: ServicesDep, data: JSONBody[LinkRequest], vehicle_id: VehicleIdPath
 ) -> Response[LinkState]:
     now = datetime.now(UTC)
     start = data.from_ or now
@@ -62,7 +62,7 @@ async def put_link(
 
 
 @get("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="Current link and link history")
-async def get_link(services: Services, vehicle_id: str = VehicleIdParam) -> LinkState:
+async def get_link(services: ServicesDep, vehicle_id: VehicleIdPath) -> LinkState:
     rows = await service.history(services.pool, vehicle_id)
     if not rows:
         raise Problem(404, f"vehicle {vehicle_id} has never been linked to a meter")
@@ -70,7 +70,7 @@ async def get_link(services: Services, vehicle_id: str = VehicleIdParam) -> Link
 
 
 @delete("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="End the current link now", status_code=200)
-async def delete_link(services: Services, vehicle_id: str = VehicleIdParam) -> LinkState:
+async def delete_link(services: ServicesDep, vehicle_id: VehicleIdPath) -> LinkState:
     now = datetime.now(UTC)
     await service.unlink(services.pool, vehicle_id, now)
     return _state(vehicle_id, await service.history(services.pool, vehicle_id), now)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from litestar import get
 
-from energy_ingest.params import device_id_param
+from energy_ingest.params import MeterIdPath, VehicleIdPath
 from energy_ingest.live import queries
 from energy_ingest.live.queries import MeterLive, VehicleLive
 from energy_ingest.problems import Problem
-from energy_ingest.services import Services
+from energy_ingest.services import ServicesDep
 
 
 @get("/v1/meters/{meter_id:str}/live", tags=["live"], summary="A meter's newest reading")
-async def meter_live(services: Services, meter_id: str = device_id_param("meterId")) -> MeterLive:
+async def meter_live(services: ServicesDep, meter_id: MeterIdPath) -> MeterLive:
     found = await queries.meter(services.pool, meter_id)
     if found is None:
         raise Problem(404, f"no reading from meter {meter_id}")
@@ -20,7 +20,7 @@ async def meter_live(services: Services, meter_id: str = device_id_param("meterI
 
 
 @get("/v1/vehicles/{vehicle_id:str}/live", tags=["live"], summary="A vehicle's newest reading")
-async def vehicle_live(services: Services, vehicle_id: str = device_id_param("vehicleId")) -> VehicleLive:
+async def vehicle_live(services: ServicesDep, vehicle_id: VehicleIdPath) -> VehicleLive:
     found = await queries.vehicle(services.pool, vehicle_id)
     if found is None:
         raise Problem(404, f"no reading from vehicle {vehicle_id}")

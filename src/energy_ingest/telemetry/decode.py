@@ -138,6 +138,8 @@ def _split_json(body: bytes, single: bool) -> list[bytes]:
         raise BodyError(
             400, "Invalid body", f"The body must be a reading object or an array of them: {exc}"
         ) from None
+    except msgspec.DecodeError as exc:
+        raise BodyError(400, "Malformed JSON", f"The body is not valid JSON: {exc}") from None
     return [bytes(r) for r in raws]
 
 
@@ -270,6 +272,8 @@ def _explain(exc: msgspec.MsgspecError) -> tuple[str, str]:
         .replace("Expected `object`", "must be a JSON object")
         .replace("Number out of range", "must be a finite number")
     )
+    if name == "type" and "enum" in reason:
+        reason = f'must be "meter" or "vehicle", got {reason.rsplit(" ", 1)[-1]}'
     if name == "timestamp" and "datetime" in reason:
         reason = "must be an RFC 3339 timestamp with `Z` or an offset, e.g. 2026-02-08T10:00:00Z"
     return name, reason

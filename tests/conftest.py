@@ -1,0 +1,68 @@
+"""Every test talks to a real PostgreSQL through the service's HTTP API.
+
+TEST_DATABASE_URL set: a throwaway database is created on that server (and dropped after).
+Otherwise an embedded PostgreSQL (pgserver) runs for the session in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from litestar.testing import TestClient
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from energy_ingest.app import create_app
+from energy_ingest.config import Settings
+from energy_ingest.db.embedded import EmbeddedPostgres
+from energy_ingest.db.migrations import apply_migrations
+
+CLEAN = "TRUNCATE meter_readings, vehicle_readings, meter_live_status, vehicle_live_status, vehicle_meter_links"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server_url = os.environ.get("TEST_DATABASE_URL")
+    if not server_url:
+        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"))
+        server_url = embedded.url
+    name = f"energy_ingest_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(server_url) | {"dbname": name}
+    url = make_conninfo(**params)
+    asyncio.run(apply_migrations(url))
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A direct connection, to check what the service really stored; tables start empty."""
+    with psycopg.connect(database_url, autocommit=True, options="-c TimeZone=UTC") as conn:
+        conn.execute(CLEAN)
+        yield conn
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    base = Settings(database_url=database_url, flush_interval_ms=1.0, db_timeout_s=2.0, data_dir=Path("unused"))
+    return base.with_overrides(**overrides)
+
+
+@pytest.fixture(scope="session")
+def session_client(database_url: str) -> Iterator[TestClient[object]]:
+    app = create_app(make_settings(database_url), database_url)
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def client(session_client: TestClient[object], db: psycopg.Connection[tuple[object, ...]]) -> TestClient[object]:
+    """The HTTP API of a service on the session database, with the tables emptied first."""
+    return session_client
