@@ -22,13 +22,16 @@ WHERE r.vehicle_key = (SELECT vehicle_key FROM vehicles WHERE vehicle_id = %(veh
 
 # Each linked meter's energy, counted only over the part of the window its link covered.
 LINKED_METER_TOTALS = """
-SELECT l.meter_id, count(r.ts), coalesce(sum(r.kwh_consumed_ac), 0)
+SELECT l.meter_id, sum(s.n)::bigint, coalesce(sum(s.kwh), 0)
 FROM vehicle_meter_links l
 LEFT JOIN meters m ON m.meter_id = l.meter_id
-LEFT JOIN meter_readings r
-       ON r.meter_key = m.meter_key
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, sum(r.kwh_consumed_ac) AS kwh
+    FROM meter_readings r
+    WHERE r.meter_key = m.meter_key
       AND r.ts >= %(from)s AND r.ts < %(to)s
       AND r.ts >= l.valid_from AND (l.valid_to IS NULL OR r.ts < l.valid_to)
+) s
 WHERE l.vehicle_id = %(vehicle)s
   AND l.valid_from < %(to)s AND (l.valid_to IS NULL OR l.valid_to > %(from)s)
 GROUP BY l.meter_id
