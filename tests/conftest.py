@@ -11,9 +11,11 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -35,7 +37,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     params = conninfo_to_dict(server_url) | {"dbname": name}
-    url = make_conninfo(**params)
+    url = make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
     asyncio.run(apply_migrations(url))
     yield url
     with psycopg.connect(server_url, autocommit=True) as admin:
@@ -43,7 +45,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def db(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """A direct connection, to check what the service really stored; tables start empty."""
     with psycopg.connect(database_url, autocommit=True, options="-c TimeZone=UTC") as conn:
         conn.execute(CLEAN)
@@ -56,13 +58,13 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def session_client(database_url: str) -> Iterator[TestClient[object]]:
+def session_client(database_url: str) -> Iterator[TestClient[Litestar]]:
     app = create_app(make_settings(database_url), database_url)
     with TestClient(app) as client:
         yield client
 
 
 @pytest.fixture
-def client(session_client: TestClient[object], db: psycopg.Connection[tuple[object, ...]]) -> TestClient[object]:
+def client(session_client: TestClient[Litestar], db: psycopg.Connection[tuple[Any, ...]]) -> TestClient[Litestar]:
     """The HTTP API of a service on the session database, with the tables emptied first."""
     return session_client

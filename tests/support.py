@@ -19,12 +19,18 @@ def hour_ago(hours: float = 1.0) -> datetime:
     return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours)
 
 
-def meter(meter_id: str, ts: datetime, kwh: float = 1.0, voltage: float = 230.0, **extra: Any) -> dict[str, Any]:
-    return {"type": "meter", "meterId": meter_id, "kwhConsumedAc": kwh, "voltage": voltage, "timestamp": iso(ts)} | extra
+def meter(meter_id: str, ts: datetime, kwh: Any = 1.0, voltage: Any = 230.0, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "meter",
+        "meterId": meter_id,
+        "kwhConsumedAc": kwh,
+        "voltage": voltage,
+        "timestamp": iso(ts),
+    } | extra
 
 
 def vehicle(
-    vehicle_id: str, ts: datetime, kwh: float = 0.9, soc: float = 50.0, temp: float = 30.0, **extra: Any
+    vehicle_id: str, ts: datetime, kwh: Any = 0.9, soc: Any = 50.0, temp: Any = 30.0, **extra: Any
 ) -> dict[str, Any]:
     return {
         "type": "vehicle",
@@ -58,7 +64,9 @@ class PostgresProxy:
     @property
     def url(self) -> str:
         params = {k: v for k, v in self._params.items() if k not in {"host", "port", "hostaddr"}}
-        return make_conninfo(**params, host="127.0.0.1", port=str(self.port))
+        return make_conninfo(
+            "", **{k: str(v) for k, v in params.items() if v is not None}, host="127.0.0.1", port=str(self.port)
+        )
 
     def up(self) -> None:
         listener = socket.socket()

@@ -80,7 +80,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             ready,
         ],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
-        exception_handlers=make_handlers(settings.retry_after_s),
+        exception_handlers=make_handlers(settings.retry_after_s),  # type: ignore[arg-type]
         lifespan=[lifespan],
         request_max_body_size=settings.body_limit_bytes,
         openapi_config=OpenAPIConfig(

@@ -48,9 +48,7 @@ class Problem(Exception):
 
 
 def problem_response(problem: Problem) -> Response[bytes]:
-    body = ProblemDetails(
-        title=problem.title, status=problem.status, detail=problem.detail, errors=problem.errors
-    )
+    body = ProblemDetails(title=problem.title, status=problem.status, detail=problem.detail, errors=problem.errors)
     return Response(
         content=msgspec.json.encode(body),
         status_code=problem.status,

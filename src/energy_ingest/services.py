@@ -7,14 +7,11 @@ from typing import Any
 
 from litestar import Request
 from litestar.di import NamedDependency
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from energy_ingest.config import Settings
+from energy_ingest.db.pool import Pool
 from energy_ingest.ingest.writer import GroupCommitWriter
 from energy_ingest.telemetry.decode import Rules
-
-Pool = AsyncConnectionPool[AsyncConnection[object]]
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from psycopg import AsyncConnection
+from energy_ingest.db.pool import Conn
 
 VEHICLE_KNOWN = """
 SELECT EXISTS (SELECT 1 FROM vehicle_live_status WHERE vehicle_id = %(vehicle)s)
@@ -57,23 +57,19 @@ def window_params(vehicle_id: str, start: datetime, end: datetime) -> dict[str, 
     return {"vehicle": vehicle_id, "from": start, "to": end}
 
 
-async def vehicle_known(conn: AsyncConnection[object], vehicle_id: str) -> bool:
+async def vehicle_known(conn: Conn, vehicle_id: str) -> bool:
     cur = await conn.execute(VEHICLE_KNOWN, {"vehicle": vehicle_id})
     row = await cur.fetchone()
     return bool(row and row[0])
 
 
-async def vehicle_totals(
-    conn: AsyncConnection[object], vehicle_id: str, start: datetime, end: datetime
-) -> VehicleTotals:
+async def vehicle_totals(conn: Conn, vehicle_id: str, start: datetime, end: datetime) -> VehicleTotals:
     cur = await conn.execute(VEHICLE_TOTALS, window_params(vehicle_id, start, end))
     row = await cur.fetchone()
     assert row is not None
     return VehicleTotals(row[0], float(row[1]), None if row[2] is None else float(row[2]))
 
 
-async def linked_meter_totals(
-    conn: AsyncConnection[object], vehicle_id: str, start: datetime, end: datetime
-) -> list[MeterTotals]:
+async def linked_meter_totals(conn: Conn, vehicle_id: str, start: datetime, end: datetime) -> list[MeterTotals]:
     cur = await conn.execute(LINKED_METER_TOTALS, window_params(vehicle_id, start, end))
     return [MeterTotals(meter_id, n, float(kwh)) for meter_id, n, kwh in await cur.fetchall()]

@@ -15,13 +15,13 @@ from energy_ingest.services import ServicesDep
 
 
 @get(
-    "/v1/analytics/performance/{vehicle_id:str}",
+    "/v1/analytics/performance/{vehicleId:str}",
     tags=["analytics"],
     summary="A vehicle's energy totals and charging efficiency over a window (default: the last 24 hours)",
 )
 async def vehicle_performance(
     services: ServicesDep,
-    vehicle_id: VehicleIdPath,
+    vehicleId: VehicleIdPath,
     from_: Annotated[str | None, QueryParameter(name="from", description="Window start, RFC 3339 (inclusive)")] = None,
     to: Annotated[str | None, QueryParameter(description="Window end, RFC 3339 (exclusive)")] = None,
 ) -> PerformanceReport:
@@ -30,6 +30,4 @@ async def vehicle_performance(
         parse_instant("to", to) if to else None,
         datetime.now(UTC),
     )
-    return await service.performance(
-        services.pool, vehicle_id, start, end, services.settings.efficiency_threshold
-    )
+    return await service.performance(services.pool, vehicleId, start, end, services.settings.efficiency_threshold)

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 import msgspec
 
 from energy_ingest.analytics import queries
+from energy_ingest.db.pool import Pool
 from energy_ingest.problems import Problem
-from energy_ingest.services import Pool
 
 MAX_WINDOW = timedelta(days=31)
 DEFAULT_WINDOW = timedelta(hours=24)

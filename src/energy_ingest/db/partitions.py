@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 
-from psycopg import AsyncConnection, sql
+from psycopg import sql
+
+from energy_ingest.db.pool import Conn
 
 READING_TABLES = ("meter_readings", "vehicle_readings")
 # Partitions kept ready before readings arrive: yesterday (late readings) to the day after tomorrow.
@@ -33,7 +35,7 @@ class PartitionKeeper:
     def forget(self) -> None:
         self._known.clear()
 
-    async def ensure(self, conn: AsyncConnection[object], table: str, days: Iterable[date]) -> None:
+    async def ensure(self, conn: Conn, table: str, days: Iterable[date]) -> None:
         todo = sorted(self.missing(table, days))
         if not todo:
             return
@@ -54,7 +56,7 @@ class PartitionKeeper:
                 )
         self._known.update((table, d) for d in todo)
 
-    async def ensure_window(self, conn: AsyncConnection[object], today: date) -> None:
+    async def ensure_window(self, conn: Conn, today: date) -> None:
         days = [today + timedelta(days=n) for n in range(-DAYS_BEHIND, DAYS_AHEAD + 1)]
         for table in READING_TABLES:
             await self.ensure(conn, table, days)

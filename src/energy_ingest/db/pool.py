@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from energy_ingest.config import Settings
 
+# Connections hand back plain tuples unless a query asks for another row type.
+Conn = AsyncConnection[tuple[Any, ...]]
+Pool = AsyncConnectionPool[Conn]
 
-async def _configure(conn: AsyncConnection[object]) -> None:
+
+async def _configure(conn: Conn) -> None:
     await conn.set_autocommit(True)
 
 
-async def open_pool(conninfo: str, settings: Settings) -> AsyncConnectionPool[AsyncConnection[object]]:
-    pool: AsyncConnectionPool[AsyncConnection[object]] = AsyncConnectionPool(
+async def open_pool(conninfo: str, settings: Settings) -> Pool:
+    pool: Pool = AsyncConnectionPool(
         conninfo,
         min_size=min(2, settings.pool_max_size),
         max_size=settings.pool_max_size,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Literal
 
-from psycopg import AsyncConnection, sql
+from psycopg import sql
+
+from energy_ingest.db.pool import Conn
 
 DeviceKind = Literal["meter", "vehicle"]
 _TABLE = {"meter": "meters", "vehicle": "vehicles"}
@@ -28,7 +30,7 @@ class DeviceRegistry:
     def cached(self, kind: DeviceKind) -> dict[str, int]:
         return self._keys[kind]
 
-    async def keys(self, conn: AsyncConnection[object], kind: DeviceKind, ids: Collection[str]) -> dict[str, int]:
+    async def keys(self, conn: Conn, kind: DeviceKind, ids: Collection[str]) -> dict[str, int]:
         """Keys of `ids`, registering the unknown ones (committed at once, outside any write)."""
         cache = self._keys[kind]
         missing = sorted(i for i in ids if i not in cache)
@@ -37,9 +39,7 @@ class DeviceRegistry:
                 _query("INSERT INTO {table} ({id}) SELECT unnest(%s::text[]) ON CONFLICT ({id}) DO NOTHING", kind),
                 [missing],
             )
-            cur = await conn.execute(
-                _query("SELECT {id}, {key} FROM {table} WHERE {id} = ANY(%s)", kind), [missing]
-            )
+            cur = await conn.execute(_query("SELECT {id}, {key} FROM {table} WHERE {id} = ANY(%s)", kind), [missing])
             for device_id, key in await cur.fetchall():
                 cache[device_id] = key
         return cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
+from energy_ingest.db.pool import Conn
 
 INSERT_METER_READINGS = """
 INSERT INTO meter_readings (meter_key, ts, received_at, kwh_consumed_ac, voltage)
@@ -43,7 +43,7 @@ WHERE s.ts < EXCLUDED.ts
 Key = tuple[int, datetime]
 
 
-async def insert_cold(conn: AsyncConnection[object], query: str, rows: list[tuple[Any, ...]]) -> set[Key]:
+async def insert_cold(conn: Conn, query: str, rows: list[tuple[Any, ...]]) -> set[Key]:
     """Insert rows (already sorted by key, ts); return the (key, ts) of those that were new."""
     if not rows:
         return set()
@@ -51,7 +51,7 @@ async def insert_cold(conn: AsyncConnection[object], query: str, rows: list[tupl
     return {(key, ts) for key, ts in await cur.fetchall()}
 
 
-async def upsert_hot(conn: AsyncConnection[object], query: str, rows: list[tuple[Any, ...]]) -> None:
+async def upsert_hot(conn: Conn, query: str, rows: list[tuple[Any, ...]]) -> None:
     """Upsert one row per device (sorted by device id, so concurrent flushes lock in one order)."""
     if rows:
         await conn.execute(query, [list(col) for col in zip(*rows, strict=True)])

@@ -15,7 +15,7 @@ from energy_ingest.config import Settings
 from energy_ingest.problems import Problem, ProblemDetails
 from energy_ingest.services import ServicesDep
 from energy_ingest.telemetry.decode import BodyError, InvalidReadings, Rules, decode_body
-from energy_ingest.telemetry.readings import Reading
+from energy_ingest.telemetry.readings import MeterReading, VehicleReading
 
 
 class IngestAccepted(msgspec.Struct):
@@ -36,9 +36,13 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
-def _schema(tp: Any) -> Schema:
-    raw = msgspec.json.schema(tp)
-    return cast(Schema, _inline(raw, raw.get("$defs", {})))
+def _reading_schema() -> dict[str, Any]:
+    # One schema per kind: msgspec cannot express an untagged union of two Structs, and `type` is optional.
+    kinds = []
+    for tp in (MeterReading, VehicleReading):
+        raw = msgspec.json.schema(tp)
+        kinds.append(_inline(raw, raw.get("$defs", {})))
+    return {"anyOf": kinds}
 
 
 @dataclass
@@ -46,13 +50,16 @@ class _IngestOperation(Operation):
     """The route reads its body itself (JSON or NDJSON); its schema still comes from the reading types."""
 
     def __post_init__(self) -> None:
+        reading = _reading_schema()
         self.request_body = RequestBody(
             required=True,
             description="One reading, an array of readings (mixed types, up to 10,000), "
             "or NDJSON with one reading per line. `type` is optional: the id field decides.",
             content={
-                "application/json": OpenAPIMediaType(schema=_schema(Reading | list[Reading])),
-                "application/x-ndjson": OpenAPIMediaType(schema=_schema(Reading)),
+                "application/json": OpenAPIMediaType(
+                    schema=cast(Schema, {"anyOf": [reading, {"type": "array", "items": reading, "maxItems": 10_000}]})
+                ),
+                "application/x-ndjson": OpenAPIMediaType(schema=cast(Schema, reading)),
             },
         )
 

@@ -12,10 +12,10 @@ from operator import attrgetter
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from energy_ingest.db.partitions import PartitionKeeper, day_of
+from energy_ingest.db.pool import Conn, Pool
 from energy_ingest.devices.registry import DeviceKind, DeviceRegistry
 from energy_ingest.ingest import repository as repo
 from energy_ingest.telemetry.decode import DecodedBatch
@@ -68,7 +68,7 @@ class GroupCommitWriter:
 
     def __init__(
         self,
-        pool: AsyncConnectionPool[AsyncConnection[object]],
+        pool: Pool,
         *,
         flush_max_readings: int,
         flush_interval_ms: float,
@@ -216,9 +216,7 @@ class GroupCommitWriter:
                     await self._partitions.ensure(conn, stream.table, {day_of(row[1]) for row in rows.cold})
                 return await self._commit(conn, group, meters, vehicles)
 
-    async def _commit(
-        self, conn: AsyncConnection[object], group: list[_Request], meters: _Rows, vehicles: _Rows
-    ) -> list[IngestResult]:
+    async def _commit(self, conn: Conn, group: list[_Request], meters: _Rows, vehicles: _Rows) -> list[IngestResult]:
         async with conn.transaction():
             new_meters = await repo.insert_cold(conn, METERS.insert_cold, meters.cold)
             new_vehicles = await repo.insert_cold(conn, VEHICLES.insert_cold, vehicles.cold)
@@ -226,7 +224,7 @@ class GroupCommitWriter:
             await repo.upsert_hot(conn, VEHICLES.upsert_hot, vehicles.hot)
         return _attribute(group, self._registry, new_meters, new_vehicles)
 
-    async def _rows(self, conn: AsyncConnection[object], group: list[_Request], stream: _Stream) -> _Rows:
+    async def _rows(self, conn: Conn, group: list[_Request], stream: _Stream) -> _Rows:
         readings = [(r, req.received_at) for req in group for r in stream.readings(req.batch)]
         if not readings:
             return _Rows([], [])
@@ -241,7 +239,9 @@ class GroupCommitWriter:
             # Strictly newer only: of equal-time readings the first one stays, as in the cold table.
             if seen is None or r.timestamp > seen[0].timestamp:
                 newest[device(r)] = (r, at)
-        hot = [(device(r), r.timestamp, at, *values(r)) for r, at in sorted(newest.values(), key=lambda x: device(x[0]))]
+        hot = [
+            (device(r), r.timestamp, at, *values(r)) for r, at in sorted(newest.values(), key=lambda x: device(x[0]))
+        ]
         return _Rows(cold, hot)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import msgspec
-from psycopg import AsyncConnection
 from psycopg.rows import class_row
+
+from energy_ingest.db.pool import Conn
 
 # One lock for every link change: changes are rare, and one order makes the overlap checks exact.
 _LINKS_LOCK = 0x6C696E6B
@@ -23,19 +24,20 @@ class LinkRow(msgspec.Struct, frozen=True):
 _COLUMNS = "link_id, vehicle_id, meter_id, valid_from, valid_to"
 
 
-async def lock(conn: AsyncConnection[object]) -> None:
+async def lock(conn: Conn) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LINKS_LOCK])
 
 
-async def vehicle_links(conn: AsyncConnection[object], vehicle_id: str) -> list[LinkRow]:
+async def vehicle_links(conn: Conn, vehicle_id: str) -> list[LinkRow]:
     async with conn.cursor(row_factory=class_row(LinkRow)) as cur:
         await cur.execute(
-            f"SELECT {_COLUMNS} FROM vehicle_meter_links WHERE vehicle_id = %s ORDER BY valid_from", [vehicle_id]
+            f"SELECT {_COLUMNS} FROM vehicle_meter_links WHERE vehicle_id = %s ORDER BY valid_from",
+            [vehicle_id],
         )
         return await cur.fetchall()
 
 
-async def meter_links_after(conn: AsyncConnection[object], meter_id: str, start: datetime) -> list[LinkRow]:
+async def meter_links_after(conn: Conn, meter_id: str, start: datetime) -> list[LinkRow]:
     """The meter's links that are still in force at or after `start`."""
     async with conn.cursor(row_factory=class_row(LinkRow)) as cur:
         await cur.execute(
@@ -46,15 +48,15 @@ async def meter_links_after(conn: AsyncConnection[object], meter_id: str, start:
         return await cur.fetchall()
 
 
-async def end_link(conn: AsyncConnection[object], link_id: int, at: datetime) -> None:
+async def end_link(conn: Conn, link_id: int, at: datetime) -> None:
     await conn.execute("UPDATE vehicle_meter_links SET valid_to = %s WHERE link_id = %s", [at, link_id])
 
 
-async def delete_link(conn: AsyncConnection[object], link_id: int) -> None:
+async def delete_link(conn: Conn, link_id: int) -> None:
     await conn.execute("DELETE FROM vehicle_meter_links WHERE link_id = %s", [link_id])
 
 
-async def insert_link(conn: AsyncConnection[object], vehicle_id: str, meter_id: str, start: datetime) -> LinkRow:
+async def insert_link(conn: Conn, vehicle_id: str, meter_id: str, start: datetime) -> LinkRow:
     async with conn.cursor(row_factory=class_row(LinkRow)) as cur:
         await cur.execute(
             "INSERT INTO vehicle_meter_links (vehicle_id, meter_id, valid_from) VALUES (%s, %s, %s)"

@@ -16,7 +16,6 @@ from energy_ingest.services import ServicesDep
 from energy_ingest.telemetry.readings import DeviceId
 
 
-
 class LinkRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     meter_id: DeviceId
     from_: datetime | None = msgspec.field(default=None, name="from")
@@ -48,29 +47,27 @@ def _state(vehicle_id: str, rows: list[LinkRow], now: datetime) -> LinkState:
     )
 
 
-@put("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="Link a vehicle to a charger's meter")
-async def put_link(
-    services: ServicesDep, data: JSONBody[LinkRequest], vehicle_id: VehicleIdPath
-) -> Response[LinkState]:
+@put("/v1/vehicles/{vehicleId:str}/meter", tags=["links"], summary="Link a vehicle to a charger's meter")
+async def put_link(services: ServicesDep, data: JSONBody[LinkRequest], vehicleId: VehicleIdPath) -> Response[LinkState]:
     now = datetime.now(UTC)
     start = data.from_ or now
     if start.tzinfo is None:
         raise Problem(400, "`from` needs `Z` or an offset", errors=[{"field": "from", "reason": "no time zone"}])
-    _, created = await service.link(services.pool, vehicle_id, data.meter_id, start)
-    rows = await service.history(services.pool, vehicle_id)
-    return Response(_state(vehicle_id, rows, now), status_code=201 if created else 200)
+    _, created = await service.link(services.pool, vehicleId, data.meter_id, start)
+    rows = await service.history(services.pool, vehicleId)
+    return Response(_state(vehicleId, rows, now), status_code=201 if created else 200)
 
 
-@get("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="Current link and link history")
-async def get_link(services: ServicesDep, vehicle_id: VehicleIdPath) -> LinkState:
-    rows = await service.history(services.pool, vehicle_id)
+@get("/v1/vehicles/{vehicleId:str}/meter", tags=["links"], summary="Current link and link history")
+async def get_link(services: ServicesDep, vehicleId: VehicleIdPath) -> LinkState:
+    rows = await service.history(services.pool, vehicleId)
     if not rows:
-        raise Problem(404, f"vehicle {vehicle_id} has never been linked to a meter")
-    return _state(vehicle_id, rows, datetime.now(UTC))
+        raise Problem(404, f"vehicle {vehicleId} has never been linked to a meter")
+    return _state(vehicleId, rows, datetime.now(UTC))
 
 
-@delete("/v1/vehicles/{vehicle_id:str}/meter", tags=["links"], summary="End the current link now", status_code=200)
-async def delete_link(services: ServicesDep, vehicle_id: VehicleIdPath) -> LinkState:
+@delete("/v1/vehicles/{vehicleId:str}/meter", tags=["links"], summary="End the current link now", status_code=200)
+async def delete_link(services: ServicesDep, vehicleId: VehicleIdPath) -> LinkState:
     now = datetime.now(UTC)
-    await service.unlink(services.pool, vehicle_id, now)
-    return _state(vehicle_id, await service.history(services.pool, vehicle_id), now)
+    await service.unlink(services.pool, vehicleId, now)
+    return _state(vehicleId, await service.history(services.pool, vehicleId), now)

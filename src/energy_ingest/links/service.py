@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from energy_ingest.db.pool import Pool
 from energy_ingest.links import repository as repo
 from energy_ingest.links.repository import LinkRow
 from energy_ingest.problems import Problem
-from energy_ingest.services import Pool
 
 
 def _fmt(ts: datetime | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from energy_ingest.services import Pool
+from energy_ingest.db.pool import Pool
 from energy_ingest.telemetry.readings import MeterReading, VehicleReading
 
 

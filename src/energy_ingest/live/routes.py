@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from litestar import get
 
-from energy_ingest.params import MeterIdPath, VehicleIdPath
 from energy_ingest.live import queries
 from energy_ingest.live.queries import MeterLive, VehicleLive
+from energy_ingest.params import MeterIdPath, VehicleIdPath
 from energy_ingest.problems import Problem
 from energy_ingest.services import ServicesDep
 
 
-@get("/v1/meters/{meter_id:str}/live", tags=["live"], summary="A meter's newest reading")
-async def meter_live(services: ServicesDep, meter_id: MeterIdPath) -> MeterLive:
-    found = await queries.meter(services.pool, meter_id)
+@get("/v1/meters/{meterId:str}/live", tags=["live"], summary="A meter's newest reading")
+async def meter_live(services: ServicesDep, meterId: MeterIdPath) -> MeterLive:
+    found = await queries.meter(services.pool, meterId)
     if found is None:
-        raise Problem(404, f"no reading from meter {meter_id}")
+        raise Problem(404, f"no reading from meter {meterId}")
     return found
 
 
-@get("/v1/vehicles/{vehicle_id:str}/live", tags=["live"], summary="A vehicle's newest reading")
-async def vehicle_live(services: ServicesDep, vehicle_id: VehicleIdPath) -> VehicleLive:
-    found = await queries.vehicle(services.pool, vehicle_id)
+@get("/v1/vehicles/{vehicleId:str}/live", tags=["live"], summary="A vehicle's newest reading")
+async def vehicle_live(services: ServicesDep, vehicleId: VehicleIdPath) -> VehicleLive:
+    found = await queries.vehicle(services.pool, vehicleId)
     if found is None:
-        raise Problem(404, f"no reading from vehicle {vehicle_id}")
+        raise Problem(404, f"no reading from vehicle {vehicleId}")
     return found

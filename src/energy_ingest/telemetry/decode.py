@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 
@@ -135,9 +135,7 @@ def _split_json(body: bytes, single: bool) -> list[bytes]:
     try:
         raws = _RAW_MANY.decode(body)
     except msgspec.ValidationError as exc:
-        raise BodyError(
-            400, "Invalid body", f"The body must be a reading object or an array of them: {exc}"
-        ) from None
+        raise BodyError(400, "Invalid body", f"The body must be a reading object or an array of them: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BodyError(400, "Malformed JSON", f"The body is not valid JSON: {exc}") from None
     return [bytes(r) for r in raws]

@@ -1,0 +1,100 @@
+"""/health, /ready, and the whole API while the database is away and after it comes back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from energy_ingest.app import create_app
+from tests.conftest import make_settings
+from tests.support import PostgresProxy, hour_ago, meter, vehicle
+
+T = hour_ago()
+
+
+def test_health_and_ready(client: TestClient[Litestar]) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready"}
+
+
+@pytest.fixture
+def proxied(database_url: str) -> Iterator[tuple[TestClient[Litestar], PostgresProxy]]:
+    proxy = PostgresProxy(database_url)
+    proxy.up()
+    settings = make_settings(proxy.url, db_timeout_s=1.0, retry_after_s=3)
+    try:
+        with TestClient(create_app(settings, proxy.url)) as client:
+            yield client, proxy
+    finally:
+        proxy.down()
+
+
+def test_database_down_is_503_everywhere_and_heals_by_itself(
+    proxied: tuple[TestClient[Litestar], PostgresProxy], client: TestClient[Litestar]
+) -> None:
+    api, proxy = proxied
+    assert api.post("/v1/ingest", json=[meter("M-X", T), vehicle("EV-X", T)]).status_code == 201
+    proxy.down()
+
+    calls = [
+        ("GET", "/ready", None),
+        ("POST", "/v1/ingest", [meter("M-X", T.replace(minute=(T.minute + 1) % 60))]),
+        ("GET", "/v1/analytics/performance/EV-X", None),
+        ("GET", "/v1/vehicles/EV-X/live", None),
+        ("GET", "/v1/meters/M-X/live", None),
+        ("GET", "/v1/vehicles/EV-X/meter", None),
+        ("PUT", "/v1/vehicles/EV-X/meter", {"meterId": "M-X"}),
+        ("DELETE", "/v1/vehicles/EV-X/meter", None),
+    ]
+    for method, path, body in calls:
+        response = api.request(method, path, json=body)
+        assert response.status_code == 503, (path, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json"), path
+        assert response.headers["retry-after"] == "3", path
+        assert "Traceback" not in response.text
+    assert api.get("/health").status_code == 200  # the process itself is fine
+
+    proxy.up()
+    deadline = time.monotonic() + 20
+    while api.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "service did not recover after the database came back"
+        time.sleep(0.2)
+    again = api.post("/v1/ingest", json=[meter("M-X", T), meter("M-X", T.replace(second=30))])
+    assert again.json() == {"status": "ok", "accepted": 1, "duplicates": 1}
+    assert api.get("/v1/vehicles/EV-X/live").status_code == 200
+
+
+def test_openapi_describes_every_endpoint_and_the_ingest_body(client: TestClient[Litestar]) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path in (
+        "/v1/ingest",
+        "/v1/analytics/performance/{vehicleId}",
+        "/v1/vehicles/{vehicleId}/meter",
+        "/v1/vehicles/{vehicleId}/live",
+        "/v1/meters/{meterId}/live",
+        "/health",
+        "/ready",
+    ):
+        assert path in paths, path
+    body = paths["/v1/ingest"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/x-ndjson"} <= set(body)
+    text = str(body["application/json"]["schema"])
+    for name in ("meterId", "kwhConsumedAc", "vehicleId", "kwhDeliveredDc", "batteryTemp"):
+        assert name in text
+    assert "$ref" not in text  # inlined: nothing points at a component that is not there
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_unknown_route_and_method_are_problems(client: TestClient[Litestar]) -> None:
+    missing = client.get("/v1/nothing")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    wrong = client.get("/v1/ingest")
+    assert wrong.status_code == 405
+    assert wrong.headers["content-type"].startswith("application/problem+json")
