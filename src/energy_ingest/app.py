@@ -22,6 +22,7 @@ from energy_ingest.ingest.routes import ingest, rules_for
 from energy_ingest.ingest.writer import GroupCommitWriter
 from energy_ingest.links.routes import delete_link, get_link, put_link
 from energy_ingest.live.routes import meter_live, vehicle_live
+from energy_ingest.metrics import QUEUE, FlushMetrics, count_requests, metrics_endpoint
 from energy_ingest.problems import make_handlers
 from energy_ingest.services import Services, get_services
 
@@ -41,6 +42,13 @@ async def _keep_partitions(services: Services) -> None:
         await asyncio.sleep(PARTITION_UPKEEP_S)
 
 
+async def _sample_queue(writer: GroupCommitWriter) -> None:
+    # A sampled gauge works across worker processes, where a callback gauge would not.
+    while True:
+        QUEUE.set(writer.pending_readings)
+        await asyncio.sleep(0.5)
+
+
 def create_app(settings: Settings, database_url: str) -> Litestar:
     """The service, talking to `database_url` (migrations must already be applied)."""
 
@@ -53,17 +61,20 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             flush_interval_ms=settings.flush_interval_ms,
             concurrency=settings.writer_concurrency,
             max_pending_readings=settings.max_pending_readings,
+            observer=FlushMetrics(),
         )
         services = Services(settings=settings, pool=pool, writer=writer, rules=rules_for(settings))
         app.state.services = services
         writer.start()
         upkeep = asyncio.create_task(_keep_partitions(services), name="partition-upkeep")
+        sampler = asyncio.create_task(_sample_queue(writer), name="queue-sampler")
         try:
             yield
         finally:
-            upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
+            for task in (upkeep, sampler):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await writer.stop()
             await pool.close()
 
@@ -78,7 +89,9 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             vehicle_live,
             health,
             ready,
+            metrics_endpoint,
         ],
+        middleware=[count_requests],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=make_handlers(settings.retry_after_s),  # type: ignore[arg-type]
         lifespan=[lifespan],

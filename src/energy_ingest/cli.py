@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -32,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     _database_flags(serve)
     serve.add_argument("--host", help="bind address (env HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (env PORT, default 8000)")
-    serve.add_argument("--workers", type=int, help="server processes (env WORKERS, default 1)")
+    serve.add_argument("--workers", type=int, help="server processes (env WORKERS, default one per core)")
     serve.add_argument("--efficiency-threshold", type=float, help="alert below this (env EFFICIENCY_THRESHOLD)")
     serve.add_argument("--max-future-skew-s", type=float, help="env MAX_FUTURE_SKEW_S, default 300")
     serve.add_argument("--body-limit-bytes", type=int, help="env BODY_LIMIT_BYTES, default 8 MiB")
@@ -71,6 +74,10 @@ def _serve(settings: Settings) -> None:
         if value is not None:
             os.environ[f.name.upper()] = str(value)
     os.environ["DATABASE_URL"] = url
+    # Every worker writes its metrics here; /metrics in any worker reads them all.
+    metrics_dir = tempfile.mkdtemp(prefix="energy-ingest-metrics-")
+    atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     log.info("serving on http://%s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     uvicorn.run(
         "energy_ingest.app:create_app_from_env",

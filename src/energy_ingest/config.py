@@ -33,7 +33,7 @@ class Settings:
     pool_max_size: int = 8
     db_timeout_s: float = 5.0
     retry_after_s: int = 2
-    workers: int = 1
+    workers: int = max(1, os.cpu_count() or 1)
     log_level: str = "info"
 
     @classmethod

@@ -11,6 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from energy_ingest.ingest.writer import DB_UNAVAILABLE, DatabaseUnavailable, Overloaded
+from energy_ingest.metrics import DB_ERRORS, REJECTED
 
 log = logging.getLogger("energy_ingest.api")
 
@@ -78,6 +79,7 @@ def _retry_after(seconds: int) -> dict[str, str]:
 def make_handlers(retry_after_s: int) -> dict[type[Exception], Any]:
     def on_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
         log.warning("database unavailable: %s", exc)
+        DB_ERRORS.inc()
         return problem_response(
             Problem(
                 503,
@@ -88,6 +90,7 @@ def make_handlers(retry_after_s: int) -> dict[type[Exception], Any]:
         )
 
     def on_overloaded(_: Request[Any, Any, Any], exc: Overloaded) -> Response[bytes]:
+        REJECTED.inc()
         return problem_response(
             Problem(
                 429,

@@ -6,10 +6,10 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -42,9 +42,23 @@ class DatabaseUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class FlushStats:
     requests: int
-    readings: int
-    inserted: int
+    meters: int
+    vehicles: int
+    meters_inserted: int
+    vehicles_inserted: int
     seconds: float
+
+    @property
+    def readings(self) -> int:
+        return self.meters + self.vehicles
+
+
+class WriterObserver(Protocol):
+    """Told of every flush (metrics, logs)."""
+
+    def flushed(self, stats: FlushStats) -> None: ...
+
+    def failed(self, requests: int, exc: BaseException) -> None: ...
 
 
 @dataclass(slots=True)
@@ -74,7 +88,7 @@ class GroupCommitWriter:
         flush_interval_ms: float,
         concurrency: int,
         max_pending_readings: int,
-        on_flush: Callable[[FlushStats], None] | None = None,
+        observer: WriterObserver | None = None,
     ) -> None:
         self._pool = pool
         self._flush_max = flush_max_readings
@@ -90,7 +104,7 @@ class GroupCommitWriter:
         self._flushes: set[asyncio.Task[None]] = set()
         self._registry = DeviceRegistry()
         self._partitions = PartitionKeeper()
-        self._on_flush = on_flush
+        self._observer = observer
 
     @property
     def pending_readings(self) -> int:
@@ -173,9 +187,11 @@ class GroupCommitWriter:
     async def _flush_group(self, group: list[_Request]) -> None:
         started = asyncio.get_running_loop().time()
         try:
-            results = await self._write(group)
+            results, stats = await self._write(group)
         except DB_UNAVAILABLE as exc:
             log.warning("flush of %d requests failed, database unavailable: %s", len(group), exc)
+            if self._observer is not None:
+                self._observer.failed(len(group), exc)
             self._fail(group, DatabaseUnavailable(str(exc)))
         except Exception as exc:
             if len(group) > 1:
@@ -185,23 +201,22 @@ class GroupCommitWriter:
                     await self._flush_group([request])
                 return
             log.exception("write of one request failed")
+            if self._observer is not None:
+                self._observer.failed(1, exc)
             self._fail(group, exc)
         else:
             for request, result in zip(group, results, strict=True):
                 if not request.future.done():
                     request.future.set_result(result)
-            if self._on_flush is not None:
-                elapsed = asyncio.get_running_loop().time() - started
-                readings = sum(r.size for r in group)
-                inserted = sum(r.accepted for r in results)
-                self._on_flush(FlushStats(len(group), readings, inserted, elapsed))
+            if self._observer is not None:
+                self._observer.flushed(replace(stats, seconds=asyncio.get_running_loop().time() - started))
 
     def _fail(self, group: list[_Request], exc: BaseException) -> None:
         for request in group:
             if not request.future.done():
                 request.future.set_exception(exc)
 
-    async def _write(self, group: list[_Request]) -> list[IngestResult]:
+    async def _write(self, group: list[_Request]) -> tuple[list[IngestResult], FlushStats]:
         async with self._pool.connection() as conn:
             meters = await self._rows(conn, group, METERS)
             vehicles = await self._rows(conn, group, VEHICLES)
@@ -216,13 +231,23 @@ class GroupCommitWriter:
                     await self._partitions.ensure(conn, stream.table, {day_of(row[1]) for row in rows.cold})
                 return await self._commit(conn, group, meters, vehicles)
 
-    async def _commit(self, conn: Conn, group: list[_Request], meters: _Rows, vehicles: _Rows) -> list[IngestResult]:
+    async def _commit(
+        self, conn: Conn, group: list[_Request], meters: _Rows, vehicles: _Rows
+    ) -> tuple[list[IngestResult], FlushStats]:
         async with conn.transaction():
             new_meters = await repo.insert_cold(conn, METERS.insert_cold, meters.cold)
             new_vehicles = await repo.insert_cold(conn, VEHICLES.insert_cold, vehicles.cold)
             await repo.upsert_hot(conn, METERS.upsert_hot, meters.hot)
             await repo.upsert_hot(conn, VEHICLES.upsert_hot, vehicles.hot)
-        return _attribute(group, self._registry, new_meters, new_vehicles)
+        stats = FlushStats(
+            requests=len(group),
+            meters=len(meters.cold),
+            vehicles=len(vehicles.cold),
+            meters_inserted=len(new_meters),
+            vehicles_inserted=len(new_vehicles),
+            seconds=0.0,
+        )
+        return _attribute(group, self._registry, new_meters, new_vehicles), stats
 
     async def _rows(self, conn: Conn, group: list[_Request], stream: _Stream) -> _Rows:
         readings = [(r, req.received_at) for req in group for r in stream.readings(req.batch)]
