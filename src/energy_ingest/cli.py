@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 
+from energy_ingest import benchmark
 from energy_ingest.config import Settings, SettingsError
 from energy_ingest.db.embedded import EmbeddedPostgres
 from energy_ingest.db.migrations import apply_migrations
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _database_flags(migrate)
+
+    bench = sub.add_parser("bench", help="run the standard ingest benchmark, write bench/RESULTS.md")
+    benchmark.add_arguments(bench)
     return parser
 
 
@@ -94,6 +98,9 @@ def _serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        logging.basicConfig(level="WARNING")
+        sys.exit(benchmark.main_from_args(args))
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env().with_overrides(**overrides)
