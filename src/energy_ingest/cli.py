@@ -19,6 +19,7 @@ from energy_ingest import benchmark
 from energy_ingest.config import Settings, SettingsError
 from energy_ingest.db.embedded import EmbeddedPostgres
 from energy_ingest.db.migrations import apply_migrations
+from energy_ingest.simulate import runner as simulate_runner
 
 log = logging.getLogger("energy_ingest")
 
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _database_flags(migrate)
+
+    simulate = sub.add_parser("simulate", help="drive a running service with a simulated fleet")
+    simulate_runner.add_arguments(simulate)
 
     bench = sub.add_parser("bench", help="run the standard ingest benchmark, write bench/RESULTS.md")
     benchmark.add_arguments(bench)
@@ -98,9 +102,11 @@ def _serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    if args.command == "bench":
+    # The load tools take their own flags, not the service's settings.
+    if args.command in {"bench", "simulate"}:
         logging.basicConfig(level="WARNING")
-        sys.exit(benchmark.main_from_args(args))
+        tool = benchmark if args.command == "bench" else simulate_runner
+        sys.exit(tool.main_from_args(args))
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         settings = Settings.from_env().with_overrides(**overrides)

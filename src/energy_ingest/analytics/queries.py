@@ -9,7 +9,7 @@ from datetime import datetime
 from energy_ingest.db.pool import Conn
 
 VEHICLE_KNOWN = """
-SELECT EXISTS (SELECT 1 FROM vehicle_live_status WHERE vehicle_id = %(vehicle)s)
+SELECT EXISTS (SELECT 1 FROM vehicle_live_status JOIN vehicles USING (vehicle_key) WHERE vehicle_id = %(vehicle)s)
     OR EXISTS (SELECT 1 FROM vehicle_meter_links WHERE vehicle_id = %(vehicle)s)
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,7 @@ class _Request:
     batch: DecodedBatch
     received_at: datetime
     future: asyncio.Future[IngestResult]
+    queued_at: float
     size: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +106,7 @@ class GroupCommitWriter:
         self._flushes: set[asyncio.Task[None]] = set()
         self._registry = DeviceRegistry()
         self._partitions = PartitionKeeper()
+        self._prepared: weakref.WeakSet[Conn] = weakref.WeakSet()
         self._observer = observer
 
     @property
@@ -131,7 +134,8 @@ class GroupCommitWriter:
         size = len(batch)
         if self._closing or self._pending_readings + size > self._max_pending:
             raise Overloaded
-        request = _Request(batch, datetime.now(UTC), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        request = _Request(batch, datetime.now(UTC), loop.create_future(), loop.time())
         self._pending_readings += size
         self._queued_readings += size
         self._queue.append(request)
@@ -149,8 +153,10 @@ class GroupCommitWriter:
                 await self._arrived.wait()
                 continue
             await self._slots.acquire()
-            deadline = loop.time() + self._interval
-            while self._queued_readings < self._flush_max and not self._closing:
+            # Group commit: with no flush in flight, write at once (lowest latency). While one is
+            # writing, let requests gather until N readings or T ms after the oldest arrived.
+            deadline = self._queue[0].queued_at + self._interval
+            while self._flushes and self._queued_readings < self._flush_max and not self._closing:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -167,6 +173,7 @@ class GroupCommitWriter:
     def _flush_done(self, task: asyncio.Task[None]) -> None:
         self._flushes.discard(task)
         self._slots.release()
+        self._arrived.set()
 
     def _take(self) -> list[_Request]:
         group = [self._queue.popleft()]
@@ -218,6 +225,9 @@ class GroupCommitWriter:
 
     async def _write(self, group: list[_Request]) -> tuple[list[IngestResult], FlushStats]:
         async with self._pool.connection() as conn:
+            if conn not in self._prepared:
+                await repo.prepare_connection(conn)
+                self._prepared.add(conn)
             meters = await self._rows(conn, group, METERS)
             vehicles = await self._rows(conn, group, VEHICLES)
             try:
@@ -228,52 +238,35 @@ class GroupCommitWriter:
                     raise
                 self._partitions.forget()
                 for stream, rows in ((METERS, meters), (VEHICLES, vehicles)):
-                    await self._partitions.ensure(conn, stream.table, {day_of(row[1]) for row in rows.cold})
+                    await self._partitions.ensure(conn, stream.table, {day_of(row[2]) for row in rows})
                 return await self._commit(conn, group, meters, vehicles)
 
     async def _commit(
-        self, conn: Conn, group: list[_Request], meters: _Rows, vehicles: _Rows
+        self, conn: Conn, group: list[_Request], meters: list[tuple[Any, ...]], vehicles: list[tuple[Any, ...]]
     ) -> tuple[list[IngestResult], FlushStats]:
         async with conn.transaction():
-            new_meters = await repo.insert_cold(conn, METERS.insert_cold, meters.cold)
-            new_vehicles = await repo.insert_cold(conn, VEHICLES.insert_cold, vehicles.cold)
-            await repo.upsert_hot(conn, METERS.upsert_hot, meters.hot)
-            await repo.upsert_hot(conn, VEHICLES.upsert_hot, vehicles.hot)
+            new_meters = await repo.write(conn, METERS.sql, meters) if meters else set()
+            new_vehicles = await repo.write(conn, VEHICLES.sql, vehicles) if vehicles else set()
         stats = FlushStats(
             requests=len(group),
-            meters=len(meters.cold),
-            vehicles=len(vehicles.cold),
+            meters=len(meters),
+            vehicles=len(vehicles),
             meters_inserted=len(new_meters),
             vehicles_inserted=len(new_vehicles),
             seconds=0.0,
         )
         return _attribute(group, self._registry, new_meters, new_vehicles), stats
 
-    async def _rows(self, conn: Conn, group: list[_Request], stream: _Stream) -> _Rows:
+    async def _rows(self, conn: Conn, group: list[_Request], stream: _Stream) -> list[tuple[Any, ...]]:
+        """(seq, device key, ts, received_at, *values) of every reading of this kind, in arrival order."""
         readings = [(r, req.received_at) for req in group for r in stream.readings(req.batch)]
         if not readings:
-            return _Rows([], [])
+            return []
         device = stream.device
         keys = await self._registry.keys(conn, stream.kind, {device(r) for r, _ in readings})
         await self._partitions.ensure(conn, stream.table, {day_of(r.timestamp) for r, _ in readings})
         values = stream.values
-        cold = sorted((keys[device(r)], r.timestamp, at, *values(r)) for r, at in readings)
-        newest: dict[str, tuple[Any, datetime]] = {}
-        for r, at in readings:
-            seen = newest.get(device(r))
-            # Strictly newer only: of equal-time readings the first one stays, as in the cold table.
-            if seen is None or r.timestamp > seen[0].timestamp:
-                newest[device(r)] = (r, at)
-        hot = [
-            (device(r), r.timestamp, at, *values(r)) for r, at in sorted(newest.values(), key=lambda x: device(x[0]))
-        ]
-        return _Rows(cold, hot)
-
-
-@dataclass(frozen=True, slots=True)
-class _Rows:
-    cold: list[tuple[Any, ...]]  # sorted by (device key, ts): concurrent flushes lock in one order
-    hot: list[tuple[Any, ...]]  # one per device, newest, sorted by device id
+        return [(seq, keys[device(r)], r.timestamp, at, *values(r)) for seq, (r, at) in enumerate(readings)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +275,7 @@ class _Stream:
 
     kind: DeviceKind
     table: str
-    insert_cold: str
-    upsert_hot: str
+    sql: repo.StreamSQL
     readings: Callable[[DecodedBatch], Sequence[Any]]
     device: Callable[[Any], str]
     values: Callable[[Any], tuple[float, ...]]
@@ -292,8 +284,7 @@ class _Stream:
 METERS = _Stream(
     "meter",
     "meter_readings",
-    repo.INSERT_METER_READINGS,
-    repo.UPSERT_METER_LIVE,
+    repo.METER_SQL,
     readings=lambda b: b.meters,
     device=attrgetter("meter_id"),
     values=lambda r: (r.kwh_consumed_ac, r.voltage),
@@ -301,8 +292,7 @@ METERS = _Stream(
 VEHICLES = _Stream(
     "vehicle",
     "vehicle_readings",
-    repo.INSERT_VEHICLE_READINGS,
-    repo.UPSERT_VEHICLE_LIVE,
+    repo.VEHICLE_SQL,
     readings=lambda b: b.vehicles,
     device=attrgetter("vehicle_id"),
     values=lambda r: (r.kwh_delivered_dc, r.soc, r.battery_temp),

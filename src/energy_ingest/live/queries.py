@@ -24,7 +24,8 @@ def _f4(value: float) -> float:
 async def meter(pool: Pool, meter_id: str) -> MeterLive | None:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT ts, received_at, kwh_consumed_ac, voltage FROM meter_live_status WHERE meter_id = %s",
+            "SELECT l.ts, l.received_at, l.kwh_consumed_ac, l.voltage"
+            " FROM meter_live_status l JOIN meters m USING (meter_key) WHERE m.meter_id = %s",
             [meter_id],
         )
         row = await cur.fetchone()
@@ -39,8 +40,8 @@ async def meter(pool: Pool, meter_id: str) -> MeterLive | None:
 async def vehicle(pool: Pool, vehicle_id: str) -> VehicleLive | None:
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT ts, received_at, kwh_delivered_dc, soc, battery_temp FROM vehicle_live_status"
-            " WHERE vehicle_id = %s",
+            "SELECT l.ts, l.received_at, l.kwh_delivered_dc, l.soc, l.battery_temp"
+            " FROM vehicle_live_status l JOIN vehicles v USING (vehicle_key) WHERE v.vehicle_id = %s",
             [vehicle_id],
         )
         row = await cur.fetchone()
