@@ -61,6 +61,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             flush_interval_ms=settings.flush_interval_ms,
             concurrency=settings.writer_concurrency,
             max_pending_readings=settings.max_pending_readings,
+            copy_threshold=settings.copy_threshold_readings,
             observer=FlushMetrics(),
         )
         services = Services(settings=settings, pool=pool, writer=writer, rules=rules_for(settings))

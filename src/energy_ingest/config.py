@@ -29,6 +29,7 @@ class Settings:
     flush_interval_ms: float = 5.0
     writer_concurrency: int = 2
     max_pending_readings: int = 100_000
+    copy_threshold_readings: int = 1_000
     # database pool
     pool_max_size: int = 8
     db_timeout_s: float = 5.0
@@ -63,6 +64,7 @@ class Settings:
             (self.flush_max_readings >= 1, "FLUSH_MAX_READINGS must be >= 1"),
             (self.flush_interval_ms >= 0, "FLUSH_INTERVAL_MS must be >= 0"),
             (self.writer_concurrency >= 1, "WRITER_CONCURRENCY must be >= 1"),
+            (self.copy_threshold_readings >= 1, "COPY_THRESHOLD_READINGS must be >= 1"),
             (
                 self.max_pending_readings >= self.max_readings_per_request,
                 "MAX_PENDING_READINGS must be >= MAX_READINGS_PER_REQUEST",

@@ -1,13 +1,21 @@
-"""Write SQL: rows are staged by binary COPY into a per-connection temporary table, then one
-statement inserts them into the cold table (dedupe) and one upserts the hot store from them.
-Owns the writes of the reading and live-status tables."""
+"""Write SQL: insert new readings into the cold table (dedupe) and upsert the hot store.
+
+Two ways in, chosen per flush by the writer, with the same statements:
+- small flushes: one statement, rows passed as one JSON parameter (a single round trip, no
+  explicit transaction: a statement is atomic on its own);
+- large flushes: binary COPY into a per-connection temporary staging table, then the
+  statements read it, inside one transaction.
+Owns the writes of the reading and live-status tables.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from energy_ingest.db.pool import Conn
 
@@ -16,34 +24,53 @@ Key = tuple[int, datetime]
 
 @dataclass(frozen=True, slots=True)
 class StreamSQL:
-    """The statements of one kind of reading. `seq` is the reading's place in the flush."""
+    """The statements of one kind of reading; `{source}` is the staged rows (table or CTE)."""
 
-    create_stage: str
-    copy: str
-    copy_types: tuple[str, ...]
+    kind: str
+    columns: tuple[tuple[str, str], ...]  # (name, type) of a staged row; `seq` orders a flush
     insert_cold: str
     upsert_hot: str
 
+    @property
+    def stage(self) -> str:
+        return f"{self.kind}_stage"
+
+    @property
+    def create_stage(self) -> str:
+        cols = ", ".join(f"{name} {type_}" for name, type_ in self.columns)
+        return f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} ({cols}) ON COMMIT DELETE ROWS"
+
+    @property
+    def copy(self) -> str:
+        return f"COPY {self.stage} ({', '.join(n for n, _ in self.columns)}) FROM STDIN (FORMAT BINARY)"
+
+    @property
+    def recordset(self) -> str:
+        cols = ", ".join(f"{name} {type_}" for name, type_ in self.columns)
+        return f"json_to_recordset(%s::json) AS r({cols})"
+
 
 METER_SQL = StreamSQL(
-    create_stage="""
-CREATE TEMP TABLE IF NOT EXISTS meter_stage (
-    seq int4, meter_key int4, ts timestamptz, received_at timestamptz,
-    kwh_consumed_ac float8, voltage float4
-) ON COMMIT DELETE ROWS""",
-    copy="COPY meter_stage (seq, meter_key, ts, received_at, kwh_consumed_ac, voltage) FROM STDIN (FORMAT BINARY)",
-    copy_types=("int4", "int4", "timestamptz", "timestamptz", "float8", "float4"),
+    kind="meter",
+    columns=(
+        ("seq", "int4"),
+        ("meter_key", "int4"),
+        ("ts", "timestamptz"),
+        ("received_at", "timestamptz"),
+        ("kwh_consumed_ac", "float8"),
+        ("voltage", "float4"),
+    ),
     # Sorted so concurrent flushes take index locks in one order; of equal keys the first sent wins.
     insert_cold="""
 INSERT INTO meter_readings (meter_key, ts, received_at, kwh_consumed_ac, voltage)
-SELECT meter_key, ts, received_at, kwh_consumed_ac, voltage FROM meter_stage
+SELECT meter_key, ts, received_at, kwh_consumed_ac, voltage FROM {source}
 ORDER BY meter_key, ts, seq
 ON CONFLICT DO NOTHING
 RETURNING meter_key, ts""",
     # The newest reading per device; an older or equal-time one never replaces what is stored.
     upsert_hot="""
 INSERT INTO meter_live_status AS l (meter_key, ts, received_at, kwh_consumed_ac, voltage)
-SELECT DISTINCT ON (meter_key) meter_key, ts, received_at, kwh_consumed_ac, voltage FROM meter_stage
+SELECT DISTINCT ON (meter_key) meter_key, ts, received_at, kwh_consumed_ac, voltage FROM {source}
 ORDER BY meter_key, ts DESC, seq
 ON CONFLICT (meter_key) DO UPDATE
 SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at,
@@ -52,24 +79,26 @@ WHERE l.ts < EXCLUDED.ts""",
 )
 
 VEHICLE_SQL = StreamSQL(
-    create_stage="""
-CREATE TEMP TABLE IF NOT EXISTS vehicle_stage (
-    seq int4, vehicle_key int4, ts timestamptz, received_at timestamptz,
-    kwh_delivered_dc float8, soc float4, battery_temp float4
-) ON COMMIT DELETE ROWS""",
-    copy="COPY vehicle_stage (seq, vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp)"
-    " FROM STDIN (FORMAT BINARY)",
-    copy_types=("int4", "int4", "timestamptz", "timestamptz", "float8", "float4", "float4"),
+    kind="vehicle",
+    columns=(
+        ("seq", "int4"),
+        ("vehicle_key", "int4"),
+        ("ts", "timestamptz"),
+        ("received_at", "timestamptz"),
+        ("kwh_delivered_dc", "float8"),
+        ("soc", "float4"),
+        ("battery_temp", "float4"),
+    ),
     insert_cold="""
 INSERT INTO vehicle_readings (vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp)
-SELECT vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp FROM vehicle_stage
+SELECT vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp FROM {source}
 ORDER BY vehicle_key, ts, seq
 ON CONFLICT DO NOTHING
 RETURNING vehicle_key, ts""",
     upsert_hot="""
 INSERT INTO vehicle_live_status AS l (vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp)
 SELECT DISTINCT ON (vehicle_key) vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp
-FROM vehicle_stage
+FROM {source}
 ORDER BY vehicle_key, ts DESC, seq
 ON CONFLICT (vehicle_key) DO UPDATE
 SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, kwh_delivered_dc = EXCLUDED.kwh_delivered_dc,
@@ -77,24 +106,59 @@ SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, kwh_delivered_dc = EXC
 WHERE l.ts < EXCLUDED.ts""",
 )
 
+STREAMS = (METER_SQL, VEHICLE_SQL)
+
+
+def _one_statement(streams: Sequence[StreamSQL]) -> str:
+    """Both writes of every stream as data-modifying CTEs: one round trip, atomic on its own."""
+    ctes = []
+    returns = []
+    for n, stream in enumerate(streams):
+        ctes.append(f"{stream.kind}_input AS (SELECT * FROM {stream.recordset})")
+        ctes.append(f"{stream.kind}_cold AS ({stream.insert_cold.format(source=f'{stream.kind}_input')})")
+        ctes.append(f"{stream.kind}_hot AS ({stream.upsert_hot.format(source=f'{stream.kind}_input')})")
+        returns.append(f"SELECT {n} AS stream, * FROM {stream.kind}_cold")
+    return "WITH " + ",\n".join(ctes) + "\n" + "\nUNION ALL ".join(returns)
+
+
+_ONE_STATEMENT = {
+    (True, False): _one_statement([METER_SQL]),
+    (False, True): _one_statement([VEHICLE_SQL]),
+    (True, True): _one_statement([METER_SQL, VEHICLE_SQL]),
+}
+_encode = msgspec.json.Encoder().encode
+
+
+async def write_inline(conn: Conn, rows: Sequence[list[tuple[Any, ...]]]) -> list[set[Key]]:
+    """Write (meter rows, vehicle rows) in one statement; return the new (key, ts) of each."""
+    present = tuple(bool(r) for r in rows)
+    params = [
+        _encode([dict(zip((n for n, _ in stream.columns), row, strict=True)) for row in stream_rows]).decode()
+        for stream, stream_rows in zip(STREAMS, rows, strict=True)
+        if stream_rows
+    ]
+    inserted: list[set[Key]] = [set(), set()]
+    kinds = [n for n, p in enumerate(present) if p]
+    cur = await conn.execute(_ONE_STATEMENT[(present[0], present[1])], params)
+    for stream, key, ts in await cur.fetchall():
+        inserted[kinds[stream]].add((key, ts))
+    return inserted
+
 
 async def prepare_connection(conn: Conn) -> None:
     """Create this connection's staging tables (temporary: private to it, emptied at each commit)."""
-    for stream in (METER_SQL, VEHICLE_SQL):
+    for stream in STREAMS:
         await conn.execute(stream.create_stage)
 
 
-async def write(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, ...]]) -> set[Key]:
-    """Stage rows, insert the new ones into the cold table and upsert the hot store.
-
-    Runs inside the caller's transaction; returns the (key, ts) of the rows that were new.
-    """
+async def write_staged(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, ...]]) -> set[Key]:
+    """Stage rows by binary COPY, then insert and upsert from the stage. Needs an open transaction."""
     async with conn.cursor() as cur:
         async with cur.copy(stream.copy) as copy:
-            copy.set_types(list(stream.copy_types))
+            copy.set_types([type_ for _, type_ in stream.columns])
             for row in rows:
                 await copy.write_row(row)
-        await cur.execute(stream.insert_cold)
+        await cur.execute(stream.insert_cold.format(source=stream.stage))
         inserted = {(key, ts) for key, ts in await cur.fetchall()}
-        await cur.execute(stream.upsert_hot)
+        await cur.execute(stream.upsert_hot.format(source=stream.stage))
     return inserted

@@ -90,12 +90,14 @@ class GroupCommitWriter:
         flush_interval_ms: float,
         concurrency: int,
         max_pending_readings: int,
+        copy_threshold: int = 1000,
         observer: WriterObserver | None = None,
     ) -> None:
         self._pool = pool
         self._flush_max = flush_max_readings
         self._interval = flush_interval_ms / 1000
         self._max_pending = max_pending_readings
+        self._copy_threshold = copy_threshold
         self._slots = asyncio.Semaphore(concurrency)
         self._queue: deque[_Request] = deque()
         self._queued_readings = 0
@@ -244,9 +246,12 @@ class GroupCommitWriter:
     async def _commit(
         self, conn: Conn, group: list[_Request], meters: list[tuple[Any, ...]], vehicles: list[tuple[Any, ...]]
     ) -> tuple[list[IngestResult], FlushStats]:
-        async with conn.transaction():
-            new_meters = await repo.write(conn, METERS.sql, meters) if meters else set()
-            new_vehicles = await repo.write(conn, VEHICLES.sql, vehicles) if vehicles else set()
+        if len(meters) + len(vehicles) < self._copy_threshold:
+            new_meters, new_vehicles = await repo.write_inline(conn, [meters, vehicles])
+        else:
+            async with conn.transaction():
+                new_meters = await repo.write_staged(conn, METERS.sql, meters) if meters else set()
+                new_vehicles = await repo.write_staged(conn, VEHICLES.sql, vehicles) if vehicles else set()
         stats = FlushStats(
             requests=len(group),
             meters=len(meters),
