@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -58,13 +57,13 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def session_client(database_url: str) -> Iterator[TestClient[Litestar]]:
+def session_client(database_url: str) -> Iterator[TestClient[Any]]:
     app = create_app(make_settings(database_url), database_url)
     with TestClient(app) as client:
         yield client
 
 
 @pytest.fixture
-def client(session_client: TestClient[Litestar], db: psycopg.Connection[tuple[Any, ...]]) -> TestClient[Litestar]:
+def client(session_client: TestClient[Any], db: psycopg.Connection[tuple[Any, ...]]) -> TestClient[Any]:
     """The HTTP API of a service on the session database, with the tables emptied first."""
     return session_client

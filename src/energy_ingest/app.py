@@ -18,6 +18,7 @@ from energy_ingest.analytics.routes import vehicle_performance
 from energy_ingest.config import Settings
 from energy_ingest.db.pool import open_pool
 from energy_ingest.health import health, ready
+from energy_ingest.ingest.fast import IngestFastPath
 from energy_ingest.ingest.routes import ingest, rules_for
 from energy_ingest.ingest.writer import GroupCommitWriter
 from energy_ingest.links.routes import delete_link, get_link, put_link
@@ -49,7 +50,7 @@ async def _sample_queue(writer: GroupCommitWriter) -> None:
         await asyncio.sleep(0.5)
 
 
-def create_app(settings: Settings, database_url: str) -> Litestar:
+def create_app(settings: Settings, database_url: str) -> IngestFastPath:
     """The service, talking to `database_url` (migrations must already be applied)."""
 
     @contextlib.asynccontextmanager
@@ -79,7 +80,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             await writer.stop()
             await pool.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             ingest,
             vehicle_performance,
@@ -106,9 +107,10 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
         ),
         debug=False,
     )
+    return IngestFastPath(app)
 
 
-def create_app_from_env() -> Litestar:
+def create_app_from_env() -> IngestFastPath:
     """Factory for server workers: settings and DATABASE_URL from the environment."""
     settings = Settings.from_env()
     if not settings.database_url:

@@ -58,58 +58,46 @@ def problem_response(problem: Problem) -> Response[bytes]:
     )
 
 
-def _on_problem(_: Request[Any, Any, Any], exc: Problem) -> Response[bytes]:
-    return problem_response(exc)
-
-
-def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+def _from_http(exc: HTTPException) -> Problem:
     errors = None
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
         errors = [
             {"field": e.get("key", "?"), "reason": e.get("message", "")} for e in exc.extra if isinstance(e, dict)
         ]
     detail = exc.detail or HTTPStatus(exc.status_code).phrase
-    return problem_response(Problem(exc.status_code, detail, errors=errors, headers=exc.headers or None))
+    return Problem(exc.status_code, detail, errors=errors, headers=exc.headers or None)
 
 
-def _retry_after(seconds: int) -> dict[str, str]:
-    return {"Retry-After": str(seconds)}
+def to_problem(exc: Exception, retry_after_s: int) -> Problem:
+    """The answer for any exception a request can end in: one mapping for every entry point."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, HTTPException):
+        return _from_http(exc)
+    if isinstance(exc, Overloaded):
+        REJECTED.inc()
+        return Problem(
+            429,
+            "The ingest queue is full; nothing of this request was accepted. Retry after the given delay.",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, (DatabaseUnavailable, *DB_UNAVAILABLE)):
+        log.warning("database unavailable: %s", exc)
+        DB_ERRORS.inc()
+        return Problem(
+            503,
+            "The database is unavailable; nothing was stored. Retry later.",
+            title="Service Unavailable",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    log.error("unhandled error", exc_info=exc)
+    return Problem(500, "An unexpected error occurred; it has been logged.")
 
 
 def make_handlers(retry_after_s: int) -> dict[type[Exception], Any]:
-    def on_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-        log.warning("database unavailable: %s", exc)
-        DB_ERRORS.inc()
-        return problem_response(
-            Problem(
-                503,
-                "The database is unavailable; nothing was stored. Retry later.",
-                title="Service Unavailable",
-                headers=_retry_after(retry_after_s),
-            )
-        )
+    """Litestar's exception handlers, all through `to_problem`."""
 
-    def on_overloaded(_: Request[Any, Any, Any], exc: Overloaded) -> Response[bytes]:
-        REJECTED.inc()
-        return problem_response(
-            Problem(
-                429,
-                "The ingest queue is full; nothing of this request was accepted. Retry after the given delay.",
-                headers=_retry_after(1),
-            )
-        )
+    def handle(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        return problem_response(to_problem(exc, retry_after_s))
 
-    def on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(Problem(500, "An unexpected error occurred; it has been logged."))
-
-    handlers: dict[type[Exception], Any] = {
-        Problem: _on_problem,
-        HTTPException: _on_http,
-        Overloaded: on_overloaded,
-        DatabaseUnavailable: on_unavailable,
-        Exception: on_unexpected,
-    }
-    for exc_type in DB_UNAVAILABLE:
-        handlers[exc_type] = on_unavailable
-    return handlers
+    return {Exception: handle}

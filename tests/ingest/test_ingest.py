@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
@@ -29,7 +28,7 @@ def _count(db: Conn, table: str) -> int:
     return int(str(row[0]))
 
 
-def test_single_object_is_ingested(client: TestClient[Litestar], db: Conn) -> None:
+def test_single_object_is_ingested(client: TestClient[Any], db: Conn) -> None:
     response = client.post("/v1/ingest", json=meter("MTR-1001", T, kwh=15.5))
     assert response.status_code == 201
     assert response.json() == {"status": "ok", "accepted": 1, "duplicates": 0}
@@ -37,13 +36,13 @@ def test_single_object_is_ingested(client: TestClient[Litestar], db: Conn) -> No
     assert row == (15.5, 230.0, True)
 
 
-def test_mixed_array_is_ingested(client: TestClient[Litestar], db: Conn) -> None:
+def test_mixed_array_is_ingested(client: TestClient[Any], db: Conn) -> None:
     body = [meter("M-1", T), vehicle("EV-1", T), meter("M-2", T), vehicle("EV-1", T + timedelta(minutes=1))]
     assert client.post("/v1/ingest", json=body).json() == {"status": "ok", "accepted": 4, "duplicates": 0}
     assert (_count(db, "meter_readings"), _count(db, "vehicle_readings")) == (2, 2)
 
 
-def test_ndjson_is_ingested(client: TestClient[Litestar], db: Conn) -> None:
+def test_ndjson_is_ingested(client: TestClient[Any], db: Conn) -> None:
     lines = [json.dumps(meter("M-N", T + timedelta(minutes=i))) for i in range(3)]
     lines.insert(1, "")  # blank lines are allowed
     lines.append(json.dumps(vehicle("EV-N", T)))
@@ -55,7 +54,7 @@ def test_ndjson_is_ingested(client: TestClient[Litestar], db: Conn) -> None:
     assert _count(db, "meter_readings") == 3
 
 
-def test_ndjson_errors_name_index_and_line(client: TestClient[Litestar], db: Conn) -> None:
+def test_ndjson_errors_name_index_and_line(client: TestClient[Any], db: Conn) -> None:
     lines = [json.dumps(meter("M-N", T)), "", json.dumps(meter("M-N", T, voltage=-3)), "{broken"]
     response = client.post("/v1/ingest", content="\n".join(lines), headers={"content-type": "application/x-ndjson"})
     assert response.status_code == 400
@@ -64,13 +63,13 @@ def test_ndjson_errors_name_index_and_line(client: TestClient[Litestar], db: Con
     assert _count(db, "meter_readings") == 0
 
 
-def test_ndjson_line_with_two_objects_is_rejected(client: TestClient[Litestar]) -> None:
+def test_ndjson_line_with_two_objects_is_rejected(client: TestClient[Any]) -> None:
     line = json.dumps(meter("M-N", T)) + "," + json.dumps(meter("M-N", T + timedelta(minutes=1)))
     response = client.post("/v1/ingest", content=line, headers={"content-type": "application/x-ndjson"})
     assert response.status_code == 400
 
 
-def test_resent_readings_are_duplicates_and_stored_once(client: TestClient[Litestar], db: Conn) -> None:
+def test_resent_readings_are_duplicates_and_stored_once(client: TestClient[Any], db: Conn) -> None:
     body = [meter("M-D", T), vehicle("EV-D", T)]
     assert client.post("/v1/ingest", json=body).json() == {"status": "ok", "accepted": 2, "duplicates": 0}
     again = [*body, meter("M-D", T + timedelta(minutes=1))]
@@ -78,7 +77,7 @@ def test_resent_readings_are_duplicates_and_stored_once(client: TestClient[Lites
     assert (_count(db, "meter_readings"), _count(db, "vehicle_readings")) == (2, 1)
 
 
-def test_duplicate_within_one_request_is_counted_once(client: TestClient[Litestar], db: Conn) -> None:
+def test_duplicate_within_one_request_is_counted_once(client: TestClient[Any], db: Conn) -> None:
     body = [meter("M-D", T, kwh=1.0), meter("M-D", T, kwh=9.0)]
     assert client.post("/v1/ingest", json=body).json() == {"status": "ok", "accepted": 1, "duplicates": 1}
     # The first one sent is the one kept, in history and live state alike.
@@ -87,7 +86,7 @@ def test_duplicate_within_one_request_is_counted_once(client: TestClient[Litesta
 
 
 def test_concurrent_requests_share_commits_and_each_is_answered_after_its_commit(
-    client: TestClient[Litestar], db: Conn
+    client: TestClient[Any], db: Conn
 ) -> None:
     def send(i: int) -> tuple[int, int]:
         body = [meter(f"M-C{i}", T + timedelta(minutes=k)) for k in range(20)]
@@ -108,7 +107,7 @@ def test_concurrent_requests_share_commits_and_each_is_answered_after_its_commit
     assert _count(db, "meter_readings") == 48 * 20
 
 
-def test_backfilled_day_gets_its_partition_on_demand(client: TestClient[Litestar], db: Conn) -> None:
+def test_backfilled_day_gets_its_partition_on_demand(client: TestClient[Any], db: Conn) -> None:
     old = T - timedelta(days=40)
     assert client.post("/v1/ingest", json=[meter("M-B", old), vehicle("EV-B", old)]).json()["accepted"] == 2
     name = f"meter_readings_{old:%Y%m%d}"
@@ -116,7 +115,7 @@ def test_backfilled_day_gets_its_partition_on_demand(client: TestClient[Litestar
     assert row == (name,)
 
 
-def test_partitions_exist_ahead_of_time(client: TestClient[Litestar], db: Conn) -> None:
+def test_partitions_exist_ahead_of_time(client: TestClient[Any], db: Conn) -> None:
     tomorrow = (T + timedelta(days=1)).date()
     for table in ("meter_readings", "vehicle_readings"):
         row = db.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{table}_{tomorrow:%Y%m%d}"]).fetchone()
@@ -124,7 +123,7 @@ def test_partitions_exist_ahead_of_time(client: TestClient[Litestar], db: Conn) 
 
 
 @pytest.fixture
-def slow_writer_client(database_url: str, db: Conn) -> Iterator[tuple[TestClient[Litestar], Conn]]:
+def slow_writer_client(database_url: str, db: Conn) -> Iterator[tuple[TestClient[Any], Conn]]:
     """A service whose writer may hold at most 100 readings, and a connection to stall its commits."""
     settings = make_settings(database_url, max_pending_readings=100, max_readings_per_request=100)
     with TestClient(create_app(settings, database_url)) as client, psycopg.connect(database_url) as locker:
@@ -132,7 +131,7 @@ def slow_writer_client(database_url: str, db: Conn) -> Iterator[tuple[TestClient
 
 
 def test_full_queue_answers_429_and_loses_no_accepted_reading(
-    slow_writer_client: tuple[TestClient[Litestar], Conn], db: Conn
+    slow_writer_client: tuple[TestClient[Any], Conn], db: Conn
 ) -> None:
     client, locker = slow_writer_client
     client.post("/v1/ingest", json=meter("WARM", T))  # partitions and device keys in place

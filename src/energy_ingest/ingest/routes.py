@@ -13,7 +13,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Sche
 
 from energy_ingest.config import Settings
 from energy_ingest.problems import Problem, ProblemDetails
-from energy_ingest.services import ServicesDep
+from energy_ingest.services import Services, ServicesDep
 from energy_ingest.telemetry.decode import BodyError, InvalidReadings, Rules, decode_body
 from energy_ingest.telemetry.readings import MeterReading, VehicleReading
 
@@ -93,9 +93,16 @@ def rules_for(settings: Settings) -> Rules:
     },
 )
 async def ingest(request: Request[Any, Any, Any], services: ServicesDep) -> IngestAccepted:
-    body = await request.body()
+    return await accept(services, request.content_type[0], await request.body())
+
+
+async def accept(services: Services, media_type: str, body: bytes) -> IngestAccepted:
+    """Decode, validate and write one request's readings; answer once they are committed.
+
+    Both entry points call this: the route above, and the ASGI fast path that serves it in production.
+    """
     try:
-        batch = decode_body(request.content_type[0], body, services.rules, datetime.now(UTC))
+        batch = decode_body(media_type, body, services.rules, datetime.now(UTC))
     except BodyError as exc:
         raise Problem(exc.status, exc.detail, title=exc.title) from None
     except InvalidReadings as exc:
