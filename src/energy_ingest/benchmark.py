@@ -121,6 +121,45 @@ async def _drive(port: int, bodies: list[list[bytes]]) -> tuple[float, list[floa
     return time.perf_counter() - started, latencies, statuses
 
 
+async def _open_loop(port: int, bodies: list[bytes], rate: float, connections: int) -> tuple[int, int, int, int]:
+    """Send `bodies` at `rate` requests/s whatever the answers (as a fleet would), on up to `connections`.
+
+    Returns (answered 201, readings they accepted, answered 429, other answers).
+    """
+    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        free.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    counts = {"ok": 0, "accepted": 0, "busy": 0, "other": 0}
+
+    async def one(body: bytes) -> None:
+        reader, writer = await free.get()
+        writer.write(_post(body))
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":", 1)[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:"))
+        answer = await reader.readexactly(length)
+        free.put_nowait((reader, writer))
+        status = int(head[9:12])
+        if status == 201:
+            counts["ok"] += 1
+            counts["accepted"] += int(msgspec.json.decode(answer)["accepted"])
+        elif status == 429:
+            counts["busy"] += 1
+        else:
+            counts["other"] += 1
+
+    started = time.perf_counter()
+    tasks = []
+    for i, body in enumerate(bodies):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(body)))
+    await asyncio.gather(*tasks)
+    while not free.empty():
+        free.get_nowait()[1].close()
+    return counts["ok"], counts["accepted"], counts["busy"], counts["other"]
+
+
 def _split(items: list[bytes], parts: int) -> list[list[bytes]]:
     return [items[i::parts] for i in range(parts)]
 
@@ -133,20 +172,23 @@ def _count(url: str) -> int:
 
 
 def _copy_ceiling(url: str, rows: int, start: datetime) -> float:
-    """Binary COPY of `rows` meter readings straight into a fresh partitioned table like ours."""
-    table = f"ceiling_{uuid.uuid4().hex[:8]}"
+    """Binary COPY of `rows` new meter readings straight into `meter_readings` (same partitions and
+    indexes as the ingest just filled), one connection: what PostgreSQL alone takes."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {table} (LIKE meter_readings INCLUDING ALL) ")
-        data = [(start + timedelta(seconds=i // 10_000), start, 0.125, i % 10_000, 230.0) for i in range(rows)]
+        row = conn.execute("SELECT coalesce(max(meter_key), 0) + 1 FROM meters").fetchone()
+        key0 = int(row[0]) if row else 1  # keys no reading uses: the COPY never conflicts
+        data = [(start + timedelta(seconds=i // 10_000), start, 0.125, key0 + i % 10_000, 230.0) for i in range(rows)]
         began = time.perf_counter()
         with conn.transaction(), conn.cursor() as cur:
-            copy_sql = f"COPY {table} (ts, received_at, kwh_consumed_ac, meter_key, voltage) FROM STDIN (FORMAT BINARY)"
+            copy_sql = (
+                "COPY meter_readings (ts, received_at, kwh_consumed_ac, meter_key, voltage) FROM STDIN (FORMAT BINARY)"
+            )
             with cur.copy(copy_sql) as copy:
                 copy.set_types(["timestamptz", "timestamptz", "float8", "int4", "float4"])
-                for row in data:
-                    copy.write_row(row)
+                for item in data:
+                    copy.write_row(item)
         elapsed = time.perf_counter() - began
-        conn.execute(f"DROP TABLE {table}")
+        conn.execute("DELETE FROM meter_readings WHERE meter_key >= %s", [key0])
     return rows / elapsed
 
 
@@ -250,6 +292,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             ceiling.runs.append(_copy_ceiling(url, args.batches * 1000, readings.start))
             ratio.runs.append(batched.runs[-1] / ceiling.runs[-1])
+        # Overload: twice the sustainable rate, open loop, more readings in flight than the queue holds.
+        rate = 2 * statistics.median(batched.runs) / 1000
+        bodies = [readings.batch(1000) for _ in range(int(rate * args.overload_seconds))]
+        before = _count(url)
+        ok, accepted, busy, other = asyncio.run(_sampling(server, _open_loop(server.port, bodies, rate, 256)))
+        overload = {
+            "offered_readings_per_s": rate * 1000,
+            "requests": len(bodies),
+            "answered_201": ok,
+            "answered_429": busy,
+            "answered_other": other,
+            "share_429": busy / len(bodies),
+            "readings_acknowledged": accepted,
+            "readings_stored": _count(url) - before,
+        }
     finally:
         server.stop()
     mem = psutil.virtual_memory()
@@ -277,6 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "figures": [f.summary() for f in (batched, ceiling, ratio, single, p50, p99)],
         "server_peak_rss_mib": round(server.peak_rss / 2**20, 1),
         "readings_lost": lost,
+        "overload": overload,
     }
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -309,6 +367,13 @@ def render(result: dict[str, Any]) -> str:
         f"- server peak resident memory (all processes): {result['server_peak_rss_mib']} MiB",
         f"- readings acknowledged but not stored: {result['readings_lost']}",
         "",
+        "Overload: batches of 1,000 offered open-loop at twice the median batched rate "
+        f"({result['overload']['offered_readings_per_s']:,.0f} readings/s) on up to 256 connections:",
+        f"{result['overload']['requests']} requests, {result['overload']['answered_201']} answered 201, "
+        f"{result['overload']['answered_429']} answered 429 ({result['overload']['share_429']:.0%}), "
+        f"{result['overload']['answered_other']} other; readings acknowledged "
+        f"{result['overload']['readings_acknowledged']:,}, stored {result['overload']['readings_stored']:,}.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -320,6 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=200, help="batches of 1,000 readings per run")
     parser.add_argument("--singles", type=int, default=20_000, help="single-reading requests per run")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--overload-seconds", type=float, default=5.0, help="length of the 2x overload phase")
     parser.add_argument("--out", type=Path, default=Path("bench"))
 
 

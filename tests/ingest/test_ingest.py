@@ -160,3 +160,42 @@ def test_full_queue_answers_429_and_loses_no_accepted_reading(
     held.join(timeout=30)
     assert answers == [201]
     assert _count(db, "meter_readings") == 1 + 100
+
+
+def _flushes(client: TestClient[Any]) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("energy_ingest_flush_readings_count "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_group_commit_coalesces_requests_and_answers_none_before_commit(
+    slow_writer_client: tuple[TestClient[Any], Conn], db: Conn
+) -> None:
+    client, locker = slow_writer_client
+    client.post("/v1/ingest", json=meter("WARM", T))
+    before = _flushes(client)
+    locker.execute("LOCK TABLE meter_live_status IN ACCESS EXCLUSIVE MODE")  # commits now wait
+    answers: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda i=i: answers.append(
+                client.post(
+                    "/v1/ingest", json=[meter(f"G-{i}", T - timedelta(minutes=k)) for k in range(5)]
+                ).status_code
+            )
+        )
+        for i in range(16)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # every request has arrived and waits on the stalled commit
+    assert answers == [], "a request was answered before its readings were committed"
+    assert _count(db, "meter_readings") == 1
+    locker.rollback()
+    for t in threads:
+        t.join(timeout=30)
+    assert answers == [201] * 16
+    assert _count(db, "meter_readings") == 1 + 16 * 5
+    # 16 concurrent requests, at most 2 flushes stalled plus what queued behind them.
+    assert _flushes(client) - before <= 4
