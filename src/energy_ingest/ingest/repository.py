@@ -20,6 +20,7 @@ import msgspec
 from energy_ingest.db.pool import Conn
 
 Key = tuple[int, datetime]
+Keys = list[Key]  # the (device key, ts) of rows a write inserted
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ _ONE_STATEMENT = {
 _encode = msgspec.json.Encoder().encode
 
 
-async def write_inline(conn: Conn, rows: Sequence[list[tuple[Any, ...]]]) -> list[set[Key]]:
+async def write_inline(conn: Conn, rows: Sequence[list[tuple[Any, ...]]]) -> list[Keys]:
     """Write (meter rows, vehicle rows) in one statement; return the new (key, ts) of each."""
     present = tuple(bool(r) for r in rows)
     params = [
@@ -137,11 +138,11 @@ async def write_inline(conn: Conn, rows: Sequence[list[tuple[Any, ...]]]) -> lis
         for stream, stream_rows in zip(STREAMS, rows, strict=True)
         if stream_rows
     ]
-    inserted: list[set[Key]] = [set(), set()]
+    inserted: list[Keys] = [[], []]
     kinds = [n for n, p in enumerate(present) if p]
     cur = await conn.execute(_ONE_STATEMENT[(present[0], present[1])], params)
     for stream, key, ts in await cur.fetchall():
-        inserted[kinds[stream]].add((key, ts))
+        inserted[kinds[stream]].append((key, ts))
     return inserted
 
 
@@ -151,7 +152,7 @@ async def prepare_connection(conn: Conn) -> None:
         await conn.execute(stream.create_stage)
 
 
-async def write_staged(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, ...]]) -> set[Key]:
+async def write_staged(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, ...]]) -> Keys:
     """Stage rows by binary COPY, then insert and upsert from the stage. Needs an open transaction."""
     async with conn.cursor() as cur:
         async with cur.copy(stream.copy) as copy:
@@ -159,6 +160,6 @@ async def write_staged(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, 
             for row in rows:
                 await copy.write_row(row)
         await cur.execute(stream.insert_cold.format(source=stream.stage))
-        inserted = {(key, ts) for key, ts in await cur.fetchall()}
+        inserted: Keys = await cur.fetchall()
         await cur.execute(stream.upsert_hot.format(source=stream.stage))
     return inserted

@@ -250,8 +250,8 @@ class GroupCommitWriter:
             new_meters, new_vehicles = await repo.write_inline(conn, [meters, vehicles])
         else:
             async with conn.transaction():
-                new_meters = await repo.write_staged(conn, METERS.sql, meters) if meters else set()
-                new_vehicles = await repo.write_staged(conn, VEHICLES.sql, vehicles) if vehicles else set()
+                new_meters = await repo.write_staged(conn, METERS.sql, meters) if meters else []
+                new_vehicles = await repo.write_staged(conn, VEHICLES.sql, vehicles) if vehicles else []
         stats = FlushStats(
             requests=len(group),
             meters=len(meters),
@@ -260,7 +260,11 @@ class GroupCommitWriter:
             vehicles_inserted=len(new_vehicles),
             seconds=0.0,
         )
-        return _attribute(group, self._registry, new_meters, new_vehicles), stats
+        if len(new_meters) == len(meters) and len(new_vehicles) == len(vehicles):
+            results = [IngestResult(accepted=r.size, duplicates=0) for r in group]  # nothing was there yet
+        else:
+            results = _attribute(group, self._registry, set(new_meters), set(new_vehicles))
+        return results, stats
 
     async def _rows(self, conn: Conn, group: list[_Request], stream: _Stream) -> list[tuple[Any, ...]]:
         """(seq, device key, ts, received_at, *values) of every reading of this kind, in arrival order."""

@@ -198,6 +198,43 @@ def _validate(
 def _check(
     item: _Incoming, latest: datetime, earliest: datetime, rules: Rules
 ) -> MeterReading | VehicleReading | list[tuple[str, str]]:
+    """The reading, or its problems. Valid readings take the short road; `_problems` explains the rest."""
+    ts = item.timestamp
+    if ts is not None and earliest <= ts <= latest:
+        if (
+            item.meter_id is not None
+            and item.kwh_consumed_ac is not None
+            and item.voltage is not None
+            and item.type != "vehicle"
+            and item.vehicle_id is None
+            and item.soc is None
+            and item.kwh_delivered_dc is None
+            and item.battery_temp is None
+        ):
+            return MeterReading(
+                meter_id=item.meter_id, kwh_consumed_ac=item.kwh_consumed_ac, voltage=item.voltage, timestamp=ts
+            )
+        if (
+            item.vehicle_id is not None
+            and item.soc is not None
+            and item.kwh_delivered_dc is not None
+            and item.battery_temp is not None
+            and item.type != "meter"
+            and item.meter_id is None
+            and item.kwh_consumed_ac is None
+            and item.voltage is None
+        ):
+            return VehicleReading(
+                vehicle_id=item.vehicle_id,
+                soc=item.soc,
+                kwh_delivered_dc=item.kwh_delivered_dc,
+                battery_temp=item.battery_temp,
+                timestamp=ts,
+            )
+    return _problems(item, latest, earliest, rules)
+
+
+def _problems(item: _Incoming, latest: datetime, earliest: datetime, rules: Rules) -> list[tuple[str, str]]:
     kind = item.type
     if kind is None:
         if item.meter_id is not None and item.vehicle_id is not None:
@@ -230,23 +267,9 @@ def _check(
         elif ts < earliest:
             days = rules.max_backfill.days
             problems.append(("timestamp", f"is more than {days} days in the past (backfill limit)"))
-    if problems:
-        return problems
-    assert ts is not None
-    if kind == "meter":
-        assert item.meter_id is not None and item.kwh_consumed_ac is not None and item.voltage is not None
-        return MeterReading(
-            meter_id=item.meter_id, kwh_consumed_ac=item.kwh_consumed_ac, voltage=item.voltage, timestamp=ts
-        )
-    assert item.vehicle_id is not None and item.soc is not None
-    assert item.kwh_delivered_dc is not None and item.battery_temp is not None
-    return VehicleReading(
-        vehicle_id=item.vehicle_id,
-        soc=item.soc,
-        kwh_delivered_dc=item.kwh_delivered_dc,
-        battery_temp=item.battery_temp,
-        timestamp=ts,
-    )
+    if not problems:  # unreachable for a valid reading, which `_check` already returned
+        problems.append(("$", "is not a valid reading"))
+    return problems
 
 
 def _explain(exc: msgspec.MsgspecError) -> tuple[str, str]:
