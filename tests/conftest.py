@@ -23,7 +23,10 @@ from energy_ingest.config import Settings
 from energy_ingest.db.embedded import EmbeddedPostgres
 from energy_ingest.db.migrations import apply_migrations
 
-CLEAN = "TRUNCATE meter_readings, vehicle_readings, meter_live_status, vehicle_live_status, vehicle_meter_links"
+CLEAN = (
+    "TRUNCATE meter_readings, vehicle_readings, meter_hourly, vehicle_hourly,"
+    " meter_live_status, vehicle_live_status, vehicle_meter_links"
+)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from energy_ingest import __version__
-from energy_ingest.analytics.routes import vehicle_performance
+from energy_ingest.analytics.routes import fleet_report, meter_analytics, vehicle_performance
 from energy_ingest.config import Settings
 from energy_ingest.db.pool import open_pool
 from energy_ingest.health import health, ready
@@ -22,6 +22,7 @@ from energy_ingest.ingest.fast import IngestFastPath
 from energy_ingest.ingest.routes import ingest, rules_for
 from energy_ingest.ingest.writer import GroupCommitWriter
 from energy_ingest.links.routes import delete_link, get_link, put_link
+from energy_ingest.live.lists import meters_live, vehicles_live
 from energy_ingest.live.routes import meter_live, vehicle_live
 from energy_ingest.metrics import QUEUE, FlushMetrics, count_requests, metrics_endpoint
 from energy_ingest.problems import make_handlers
@@ -84,6 +85,10 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
         route_handlers=[
             ingest,
             vehicle_performance,
+            meter_analytics,
+            fleet_report,
+            vehicles_live,
+            meters_live,
             put_link,
             get_link,
             delete_link,

@@ -21,7 +21,8 @@ class Settings:
     data_dir: Path = Path(".energy-ingest")
     efficiency_threshold: float = 0.85
     max_future_skew_s: float = 300.0
-    max_backfill_days: int = 365
+    raw_retention_days: int = 90
+    rollup_retention_days: int = 1825
     body_limit_bytes: int = 8 * 1024 * 1024
     max_readings_per_request: int = 10_000
     # group-commit writer
@@ -58,7 +59,11 @@ class Settings:
             (1 <= self.port <= 65535, "PORT must be between 1 and 65535"),
             (0 < self.efficiency_threshold <= 1.5, "EFFICIENCY_THRESHOLD must be in (0, 1.5]"),
             (self.max_future_skew_s >= 0, "MAX_FUTURE_SKEW_S must be >= 0"),
-            (self.max_backfill_days >= 1, "MAX_BACKFILL_DAYS must be >= 1"),
+            (self.raw_retention_days >= 2, "RAW_RETENTION_DAYS must be >= 2"),
+            (
+                self.rollup_retention_days >= self.raw_retention_days,
+                "ROLLUP_RETENTION_DAYS must be >= RAW_RETENTION_DAYS",
+            ),
             (self.body_limit_bytes >= 1024, "BODY_LIMIT_BYTES must be >= 1024"),
             (self.max_readings_per_request >= 1, "MAX_READINGS_PER_REQUEST must be >= 1"),
             (self.flush_max_readings >= 1, "FLUSH_MAX_READINGS must be >= 1"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +9,6 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
-from energy_ingest.analytics import queries
 from tests.support import iso, meter, vehicle
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -132,48 +130,3 @@ def test_offset_with_unencoded_plus_is_understood(client: TestClient[Any]) -> No
     response = client.get(f"/v1/analytics/performance/EV-1?to={to}+02:00")
     assert response.status_code == 200
     assert response.json()["totalDc"] == 2
-
-
-def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes = [plan]
-    for child in plan.get("Plans", []):
-        nodes += _plan_nodes(child)
-    return nodes
-
-
-def test_queries_read_only_the_windows_partitions_through_an_index(client: TestClient[Any], db: Conn) -> None:
-    # Three days of 100 vehicles and 100 meters every 10 minutes (14,400 rows per daily partition):
-    # at this size a full scan is a real cost, so the plan says what the planner would do in production.
-    body: list[dict[str, Any]] = []
-    for step in range(3 * 144):
-        ts = NOW - timedelta(minutes=10 * step + 5)
-        body += [vehicle(f"EV-{i}", ts) for i in range(100)] + [meter(f"M-{i}", ts) for i in range(100)]
-        if len(body) >= 10_000:
-            assert client.post("/v1/ingest", json=body).status_code == 201
-            body = []
-    assert client.post("/v1/ingest", json=body).status_code == 201
-    client.put("/v1/vehicles/EV-7/meter", json={"meterId": "M-7", "from": iso(NOW - timedelta(days=30))})
-    db.execute("ANALYZE")
-    to = NOW
-    start = to - timedelta(hours=24)
-    window_days = {f"{d:%Y%m%d}" for d in (start.date(), to.date())}
-    for sql, table in (
-        (queries.VEHICLE_TOTALS, "vehicle_readings"),
-        (queries.LINKED_METER_TOTALS, "meter_readings"),
-    ):
-        row = db.execute("EXPLAIN (FORMAT JSON) " + sql, queries.window_params("EV-7", start, to)).fetchone()
-        assert row is not None
-        plan = row[0] if isinstance(row[0], list) else json.loads(str(row[0]))
-        nodes = _plan_nodes(plan[0]["Plan"])
-        partitions = {n["Relation Name"] for n in nodes if n.get("Relation Name", "").startswith(table + "_")}
-        assert partitions, f"no partition of {table} read"
-        assert {p.rsplit("_", 1)[1] for p in partitions} <= window_days, partitions
-        seq = [n["Relation Name"] for n in nodes if n["Node Type"] == "Seq Scan"]
-        assert not [name for name in seq if name.startswith(table)], (table, seq)
-        for node in nodes:
-            if node.get("Relation Name", "").startswith(table + "_"):
-                kind = node["Node Type"]
-                if kind == "Bitmap Heap Scan":
-                    assert [c["Node Type"] for c in node["Plans"]] == ["Bitmap Index Scan"], node
-                else:
-                    assert kind in {"Index Scan", "Index Only Scan"}, kind

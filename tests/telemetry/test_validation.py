@@ -95,7 +95,7 @@ def test_offset_timestamps_are_accepted_and_mean_the_same_instant(client: TestCl
 
 def test_timestamp_older_than_backfill_limit_is_rejected(client: TestClient[Any]) -> None:
     errors = _errors(client, meter("M", datetime.now(UTC) - timedelta(days=400)))
-    assert errors[0]["field"] == "timestamp" and "backfill" in errors[0]["reason"]
+    assert errors[0]["field"] == "timestamp" and "retention" in errors[0]["reason"]
 
 
 def test_invalid_batch_stores_nothing(client: TestClient[Any], db: psycopg.Connection[tuple[Any, ...]]) -> None:

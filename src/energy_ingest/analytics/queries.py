@@ -1,75 +1,345 @@
-"""Analytics SQL. Every query bounds `ts` by the window with constants, so the planner
-prunes to the window's daily partitions, and reads them through the (device, ts) key."""
+"""Analytics SQL. Every statement bounds time by constant ranges from the window's cover, so the
+planner keeps only the partitions those ranges touch, and reads them through the (device, time)
+key, or the `hour` / BRIN(`ts`) indexes for fleet-wide queries. Sums are numeric: exact."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
 
+from energy_ingest.analytics.windows import Cover, Range
 from energy_ingest.db.pool import Conn
 
-VEHICLE_KNOWN = """
-SELECT EXISTS (SELECT 1 FROM vehicle_live_status JOIN vehicles USING (vehicle_key) WHERE vehicle_id = %(vehicle)s)
+Bucket = Literal["15m", "1h", "1d"]
+# A bucket key for "no series": the whole window is one group.
+WHOLE = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+VEHICLE_CONTEXT = """
+SELECT (SELECT vehicle_key FROM vehicles WHERE vehicle_id = %(vehicle)s),
+       EXISTS (SELECT 1 FROM vehicle_live_status JOIN vehicles USING (vehicle_key) WHERE vehicle_id = %(vehicle)s)
     OR EXISTS (SELECT 1 FROM vehicle_meter_links WHERE vehicle_id = %(vehicle)s)
 """
 
-VEHICLE_TOTALS = """
-SELECT count(*), coalesce(sum(r.kwh_delivered_dc), 0), avg(r.battery_temp)
-FROM vehicle_readings r
-WHERE r.vehicle_key = (SELECT vehicle_key FROM vehicles WHERE vehicle_id = %(vehicle)s)
-  AND r.ts >= %(from)s AND r.ts < %(to)s
+LINKS_IN_WINDOW = """
+SELECT l.meter_id, m.meter_key, greatest(l.valid_from, %(from)s), least(coalesce(l.valid_to, 'infinity'), %(to)s)
+FROM vehicle_meter_links l LEFT JOIN meters m USING (meter_id)
+WHERE l.vehicle_id = %(vehicle)s AND l.valid_from < %(to)s AND (l.valid_to IS NULL OR l.valid_to > %(from)s)
+ORDER BY l.valid_from
 """
 
-# Each linked meter's energy, counted only over the part of the window its link covered.
-LINKED_METER_TOTALS = """
-SELECT l.meter_id, sum(s.n)::bigint, coalesce(sum(s.kwh), 0)
-FROM vehicle_meter_links l
-LEFT JOIN meters m ON m.meter_id = l.meter_id
-CROSS JOIN LATERAL (
-    SELECT count(*) AS n, sum(r.kwh_consumed_ac) AS kwh
-    FROM meter_readings r
-    WHERE r.meter_key = m.meter_key
-      AND r.ts >= %(from)s AND r.ts < %(to)s
-      AND r.ts >= l.valid_from AND (l.valid_to IS NULL OR r.ts < l.valid_to)
-) s
-WHERE l.vehicle_id = %(vehicle)s
-  AND l.valid_from < %(to)s AND (l.valid_to IS NULL OR l.valid_to > %(from)s)
-GROUP BY l.meter_id
-ORDER BY min(l.valid_from)
-"""
+METER_KEY = "SELECT meter_key FROM meters WHERE meter_id = %(meter)s"
 
 
 @dataclass(frozen=True, slots=True)
-class VehicleTotals:
-    readings: int
-    kwh_dc: float
-    avg_battery_temp: float | None
+class Segment:
+    """A stretch of the window during which the vehicle drew from `meter_id`."""
 
-
-@dataclass(frozen=True, slots=True)
-class MeterTotals:
     meter_id: str
-    readings: int
-    kwh_ac: float
+    meter_key: int | None  # None: the meter never sent a reading
+    lo: datetime
+    hi: datetime
 
 
-def window_params(vehicle_id: str, start: datetime, end: datetime) -> dict[str, object]:
-    return {"vehicle": vehicle_id, "from": start, "to": end}
+@dataclass(slots=True)
+class Sums:
+    readings: int = 0
+    kwh: Decimal = Decimal(0)
+    value_sum: Decimal = Decimal(0)  # battery temperature or voltage
+    value_min: float | None = None
+    value_max: float | None = None
+
+    def add(self, n: int, kwh: Decimal, value_sum: Decimal, lo: float | None, hi: float | None) -> None:
+        self.readings += n
+        self.kwh += kwh
+        self.value_sum += value_sum
+        if lo is not None:
+            self.value_min = lo if self.value_min is None else min(self.value_min, lo)
+        if hi is not None:
+            self.value_max = hi if self.value_max is None else max(self.value_max, hi)
 
 
-async def vehicle_known(conn: Conn, vehicle_id: str) -> bool:
-    cur = await conn.execute(VEHICLE_KNOWN, {"vehicle": vehicle_id})
-    row = await cur.fetchone()
-    return bool(row and row[0])
+@dataclass(slots=True)
+class Series:
+    """Sums per bucket start (WHOLE when there are no buckets)."""
+
+    buckets: dict[datetime, Sums] = field(default_factory=dict)
+
+    def at(self, bucket: datetime) -> Sums:
+        found = self.buckets.get(bucket)
+        if found is None:
+            found = self.buckets[bucket] = Sums()
+        return found
+
+    def total(self) -> Sums:
+        total = Sums()
+        for s in self.buckets.values():
+            total.add(s.readings, s.kwh, s.value_sum, s.value_min, s.value_max)
+        return total
 
 
-async def vehicle_totals(conn: Conn, vehicle_id: str, start: datetime, end: datetime) -> VehicleTotals:
-    cur = await conn.execute(VEHICLE_TOTALS, window_params(vehicle_id, start, end))
+@dataclass(frozen=True, slots=True)
+class _Table:
+    raw: str
+    hourly: str
+    key: str
+    kwh: str
+    value: str  # the per-reading value summed / min / maxed
+    value_sum: str
+    value_min: str
+    value_max: str
+
+
+VEHICLES = _Table(
+    "vehicle_readings",
+    "vehicle_hourly",
+    "vehicle_key",
+    "kwh_delivered_dc",
+    "battery_temp",
+    "temp_sum",
+    "temp_min",
+    "temp_max",
+)
+METERS = _Table(
+    "meter_readings",
+    "meter_hourly",
+    "meter_key",
+    "kwh_consumed_ac",
+    "voltage",
+    "voltage_sum",
+    "voltage_min",
+    "voltage_max",
+)
+
+
+def bucket_sql(bucket: Bucket | None, column: str) -> str:
+    """The bucket start of `column`; `%(tz)s` is the zone days are cut in."""
+    if bucket is None:
+        return "%(whole)s::timestamptz"
+    if bucket == "15m":
+        return f"date_bin('15 minutes', {column}, '2000-01-01 00:00+00')"
+    if bucket == "1h":
+        return f"date_trunc('hour', {column}, 'UTC')"
+    return f"date_trunc('day', {column}, %(tz)s)"
+
+
+class _Params:
+    """Collects named parameters for a statement built from many ranges."""
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self.values = dict(base)
+
+    def add(self, value: Any) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return f"%({name})s"
+
+
+def _ranges(column: str, ranges: list[Range], params: _Params) -> str:
+    return " OR ".join(f"({column} >= {params.add(lo)} AND {column} < {params.add(hi)})" for lo, hi in ranges)
+
+
+def device_parts(
+    table: _Table, key: int, cover: Cover, bucket: Bucket | None, params: _Params, tag: int = 0
+) -> list[str]:
+    """SELECTs of one device's sums per bucket over `cover`: (tag, bucket, n, kwh, sum, min, max)."""
+    parts = []
+    k = params.add(key)
+    if cover.hours:
+        parts.append(
+            f"SELECT {tag}, {bucket_sql(bucket, 'hour')}, sum(readings)::bigint, sum(kwh), sum({table.value_sum}),"
+            f" min({table.value_min}), max({table.value_max})"
+            f" FROM {table.hourly} WHERE {table.key} = {k} AND ({_ranges('hour', cover.hours, params)}) GROUP BY 2"
+        )
+    if cover.raw:
+        parts.append(
+            f"SELECT {tag}, {bucket_sql(bucket, 'ts')}, count(*), sum({table.kwh}::numeric),"
+            f" sum({table.value}::numeric), min({table.value}), max({table.value})"
+            f" FROM {table.raw} WHERE {table.key} = {k} AND ({_ranges('ts', cover.raw, params)}) GROUP BY 2"
+        )
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    params: dict[str, Any]
+
+
+def device_statement(parts: list[tuple[_Table, int, Cover, int]], bucket: Bucket | None, tz: str) -> Statement | None:
+    """One statement for several devices' covers; rows are tagged with the given tag."""
+    params = _Params({"whole": WHOLE, "tz": tz})
+    selects = [s for table, key, cover, tag in parts for s in device_parts(table, key, cover, bucket, params, tag)]
+    if not selects:
+        return None
+    return Statement("\nUNION ALL\n".join(selects), params.values)
+
+
+async def run_series(conn: Conn, statement: Statement | None, tags: int) -> list[Series]:
+    """Execute a device statement; one Series per tag."""
+    result = [Series() for _ in range(tags)]
+    if statement is None:
+        return result
+    cur = await conn.execute(statement.sql.encode(), statement.params)
+    for tag, bucket, n, kwh, value_sum, lo, hi in await cur.fetchall():
+        result[tag].at(bucket).add(int(n), kwh or Decimal(0), value_sum or Decimal(0), lo, hi)
+    return result
+
+
+async def vehicle_context(conn: Conn, vehicle_id: str) -> tuple[int | None, bool]:
+    cur = await conn.execute(VEHICLE_CONTEXT, {"vehicle": vehicle_id})
     row = await cur.fetchone()
     assert row is not None
-    return VehicleTotals(row[0], float(row[1]), None if row[2] is None else float(row[2]))
+    return row[0], bool(row[1])
 
 
-async def linked_meter_totals(conn: Conn, vehicle_id: str, start: datetime, end: datetime) -> list[MeterTotals]:
-    cur = await conn.execute(LINKED_METER_TOTALS, window_params(vehicle_id, start, end))
-    return [MeterTotals(meter_id, n, float(kwh)) for meter_id, n, kwh in await cur.fetchall()]
+async def meter_key(conn: Conn, meter_id: str) -> int | None:
+    cur = await conn.execute(METER_KEY, {"meter": meter_id})
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def segments(conn: Conn, vehicle_id: str, start: datetime, end: datetime) -> list[Segment]:
+    cur = await conn.execute(LINKS_IN_WINDOW, {"vehicle": vehicle_id, "from": start, "to": end})
+    return [Segment(meter_id, key, lo, hi) for meter_id, key, lo, hi in await cur.fetchall()]
+
+
+LINK_BOUNDARIES = """
+SELECT DISTINCT b FROM (
+    SELECT valid_from AS b FROM vehicle_meter_links
+    UNION ALL
+    SELECT valid_to FROM vehicle_meter_links WHERE valid_to IS NOT NULL
+) x
+WHERE b > %(from)s AND b < %(to)s AND b <> date_trunc('hour', b, 'UTC')
+"""
+
+
+async def link_boundaries(conn: Conn, start: datetime, end: datetime) -> list[datetime]:
+    """Instants inside the window, off the hour, where some link starts or ends."""
+    cur = await conn.execute(LINK_BOUNDARIES, {"from": start, "to": end})
+    return [row[0] for row in await cur.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetCursor:
+    insufficient: int
+    efficiency: Decimal
+    vehicle_id: str
+
+
+NO_EFFICIENCY = Decimal(10**9)  # sorts vehicles without an efficiency after every real one
+
+
+def fleet_statement(
+    window: Cover, ac_raw: list[Range], min_ac: float, after: FleetCursor | None, limit: int
+) -> Statement:
+    """Every vehicle's DC, AC (over its link segments) and efficiency, worst first.
+
+    `window.hours` come from rollups for every device at once; `window.raw` (the window's edges) and
+    `ac_raw` (those plus hours cut by a link change) from readings.
+    """
+    params = _Params({"lo": window.lo, "hi": window.hi, "min_ac": min_ac, "limit": limit})
+    dc_parts = []
+    ac_parts = []
+    if window.hours:
+        dc_parts.append(
+            "SELECT vehicle_key, readings AS n, kwh, temp_sum AS temp FROM vehicle_hourly"
+            f" WHERE {_ranges('hour', window.hours, params)}"
+        )
+        ac_parts.append(
+            "SELECT s.vehicle_id, h.readings AS n, h.kwh FROM segments s JOIN meter_hourly h"
+            " ON h.meter_key = s.meter_key AND h.hour >= s.hlo AND h.hour < s.hhi"
+            f" WHERE {_ranges('h.hour', window.hours, params)}"
+        )
+    if window.raw:
+        dc_parts.append(
+            "SELECT vehicle_key, 1, kwh_delivered_dc::numeric, battery_temp::numeric FROM vehicle_readings"
+            f" WHERE {_ranges('ts', window.raw, params)}"
+        )
+    if ac_raw:
+        ac_parts.append(
+            "SELECT s.vehicle_id, 1, r.kwh_consumed_ac::numeric FROM segments s JOIN meter_readings r"
+            " ON r.meter_key = s.meter_key AND r.ts >= s.lo AND r.ts < s.hi AND (r.ts < s.hlo OR r.ts >= s.hhi)"
+            f" WHERE {_ranges('r.ts', ac_raw, params)}"
+        )
+    empty_dc = "SELECT NULL::int, 0, 0::numeric, 0::numeric WHERE false"
+    empty_ac = "SELECT NULL::text, 0, 0::numeric WHERE false"
+    cursor = "true"
+    if after is not None:
+        cursor = (
+            f"(insufficient, sort_efficiency, vehicle_id) > ({params.add(after.insufficient)},"
+            f" {params.add(after.efficiency)}, {params.add(after.vehicle_id)})"
+        )
+    sql = f"""
+WITH segments AS (
+    SELECT l.vehicle_id, l.meter_id, m.meter_key, s.lo, s.hi,
+           CASE WHEN date_trunc('hour', s.lo, 'UTC') = s.lo THEN s.lo
+                ELSE date_trunc('hour', s.lo, 'UTC') + interval '1 hour' END AS hlo,
+           date_trunc('hour', s.hi, 'UTC') AS hhi
+    FROM vehicle_meter_links l
+    LEFT JOIN meters m USING (meter_id)
+    CROSS JOIN LATERAL (SELECT greatest(l.valid_from, %(lo)s) AS lo,
+                               least(coalesce(l.valid_to, 'infinity'), %(hi)s) AS hi) s
+    WHERE l.valid_from < %(hi)s AND (l.valid_to IS NULL OR l.valid_to > %(lo)s)
+),
+dc AS (
+    SELECT vehicle_key, sum(n)::bigint AS n, sum(kwh) AS kwh, sum(temp) AS temp
+    FROM ({" UNION ALL ".join(dc_parts) or empty_dc}) x(vehicle_key, n, kwh, temp) GROUP BY vehicle_key
+),
+ac AS (
+    SELECT vehicle_id, sum(n)::bigint AS n, sum(kwh) AS kwh
+    FROM ({" UNION ALL ".join(ac_parts) or empty_ac}) y(vehicle_id, n, kwh) GROUP BY vehicle_id
+),
+linked AS (SELECT vehicle_id, array_agg(DISTINCT meter_id ORDER BY meter_id) AS meter_ids FROM segments GROUP BY 1),
+fleet AS (
+    SELECT v.vehicle_id, coalesce(linked.meter_ids, '{{}}') AS meter_ids,
+           coalesce(dc.n, 0) AS dc_n, coalesce(dc.kwh, 0) AS dc_kwh, dc.temp,
+           coalesce(ac.n, 0) AS ac_n, coalesce(ac.kwh, 0) AS ac_kwh
+    FROM vehicles v
+    LEFT JOIN dc ON dc.vehicle_key = v.vehicle_key
+    LEFT JOIN ac ON ac.vehicle_id = v.vehicle_id
+    LEFT JOIN linked ON linked.vehicle_id = v.vehicle_id
+    WHERE dc.vehicle_key IS NOT NULL OR linked.vehicle_id IS NOT NULL
+),
+ranked AS (
+    SELECT *, CASE WHEN ac_kwh > 0 THEN round(dc_kwh / ac_kwh, 4) END AS efficiency,
+           CASE WHEN ac_kwh = 0 OR ac_kwh < %(min_ac)s THEN 1 ELSE 0 END AS insufficient
+    FROM fleet
+),
+sorted AS (
+    SELECT *, CASE WHEN insufficient = 1 OR efficiency IS NULL THEN {NO_EFFICIENCY} ELSE efficiency END
+              AS sort_efficiency,
+           count(*) OVER () AS total
+    FROM ranked
+)
+SELECT vehicle_id, meter_ids, dc_n, dc_kwh, temp, ac_n, ac_kwh, efficiency, insufficient, sort_efficiency, total
+FROM sorted
+WHERE {cursor}
+ORDER BY insufficient, sort_efficiency, vehicle_id
+LIMIT %(limit)s
+"""
+    return Statement(sql, params.values)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRow:
+    vehicle_id: str
+    meter_ids: list[str]
+    dc_readings: int
+    dc_kwh: Decimal
+    temp_sum: Decimal | None
+    ac_readings: int
+    ac_kwh: Decimal
+    efficiency: Decimal | None
+    insufficient: bool
+    sort_efficiency: Decimal
+    total: int
+
+
+async def fleet_rows(conn: Conn, statement: Statement) -> list[FleetRow]:
+    cur = await conn.execute(statement.sql.encode(), statement.params)
+    return [
+        FleetRow(r[0], list(r[1]), int(r[2]), r[3], r[4], int(r[5]), r[6], r[7], bool(r[8]), r[9], int(r[10]))
+        for r in await cur.fetchall()
+    ]

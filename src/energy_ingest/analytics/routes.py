@@ -1,17 +1,37 @@
-"""GET /v1/analytics/performance/{vehicleId}."""
+"""GET /v1/analytics/performance/{vehicleId}, /v1/analytics/meters/{meterId}, /v1/analytics/fleet."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from litestar import get
 from litestar.params import QueryParameter
 
-from energy_ingest.analytics import service
-from energy_ingest.analytics.service import PerformanceReport
-from energy_ingest.params import VehicleIdPath, parse_instant
-from energy_ingest.services import ServicesDep
+from energy_ingest.analytics import fleet, service
+from energy_ingest.analytics.fleet import FleetReport
+from energy_ingest.analytics.service import MeterReport, PerformanceReport, Window
+from energy_ingest.params import MeterIdPath, VehicleIdPath, parse_instant
+from energy_ingest.services import Services, ServicesDep
+
+From = Annotated[str | None, QueryParameter(name="from", description="Window start, RFC 3339 (inclusive)")]
+To = Annotated[str | None, QueryParameter(description="Window end, RFC 3339 (exclusive)")]
+BucketParam = Annotated[
+    Literal["15m", "1h", "1d"] | None,
+    QueryParameter(description="Also return a `series` of per-bucket figures, for charts"),
+]
+Tz = Annotated[str, QueryParameter(description="IANA time zone that `1d` buckets follow (default UTC)")]
+
+
+def _window(services: Services, from_: str | None, to: str | None, bucket: str | None, tz: str) -> Window:
+    return service.resolve_window(
+        parse_instant("from", from_) if from_ else None,
+        parse_instant("to", to) if to else None,
+        datetime.now(UTC),
+        bucket=bucket,
+        tz=tz,
+        raw_retention_days=services.settings.raw_retention_days,
+    )
 
 
 @get(
@@ -22,12 +42,53 @@ from energy_ingest.services import ServicesDep
 async def vehicle_performance(
     services: ServicesDep,
     vehicleId: VehicleIdPath,
-    from_: Annotated[str | None, QueryParameter(name="from", description="Window start, RFC 3339 (inclusive)")] = None,
-    to: Annotated[str | None, QueryParameter(description="Window end, RFC 3339 (exclusive)")] = None,
+    from_: From = None,
+    to: To = None,
+    bucket: BucketParam = None,
+    tz: Tz = "UTC",
 ) -> PerformanceReport:
-    start, end = service.resolve_window(
-        parse_instant("from", from_) if from_ else None,
-        parse_instant("to", to) if to else None,
+    window = _window(services, from_, to, bucket, tz)
+    return await service.performance(services.pool, vehicleId, window, services.settings.efficiency_threshold)
+
+
+@get(
+    "/v1/analytics/meters/{meterId:str}",
+    tags=["analytics"],
+    summary="A meter's energy and voltage over a window (default: the last 24 hours)",
+)
+async def meter_analytics(
+    services: ServicesDep,
+    meterId: MeterIdPath,
+    from_: From = None,
+    to: To = None,
+    bucket: BucketParam = None,
+    tz: Tz = "UTC",
+) -> MeterReport:
+    return await service.meter_report(services.pool, meterId, _window(services, from_, to, bucket, tz))
+
+
+@get(
+    "/v1/analytics/fleet",
+    tags=["analytics"],
+    summary="Every vehicle's totals and efficiency over a window, worst first (default: the last 24 complete hours)",
+)
+async def fleet_report(
+    services: ServicesDep,
+    from_: From = None,
+    to: To = None,
+    below: Annotated[float | None, QueryParameter(description="Alert threshold (default EFFICIENCY_THRESHOLD)")] = None,
+    min_ac_kwh: Annotated[
+        float, QueryParameter(name="minAcKwh", description="Less AC than this: insufficientData, not judged")
+    ] = 1.0,
+    limit: Annotated[int, QueryParameter(description="Vehicles per page, 1–1000")] = 100,
+    cursor: Annotated[str | None, QueryParameter(description="`nextCursor` of the previous page")] = None,
+) -> FleetReport:
+    start, end = fleet.default_window(datetime.now(UTC))
+    window = service.resolve_window(
+        parse_instant("from", from_) if from_ else (start if not to else None),
+        parse_instant("to", to) if to else end,
         datetime.now(UTC),
+        raw_retention_days=services.settings.raw_retention_days,
     )
-    return await service.performance(services.pool, vehicleId, start, end, services.settings.efficiency_threshold)
+    threshold = services.settings.efficiency_threshold if below is None else below
+    return await fleet.report(services.pool, window, threshold, min_ac_kwh, limit, cursor)

@@ -1,17 +1,24 @@
-"""Vehicle performance over a window: DC stored against the AC its linked meters drew."""
+"""Vehicle performance and meter reports over a window: DC stored against the AC drawn."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from energy_ingest.analytics import queries
-from energy_ingest.db.pool import Pool
+from energy_ingest.analytics.queries import METERS, VEHICLES, WHOLE, Bucket, Sums
+from energy_ingest.analytics.windows import Cover, bucket_cuts, bucket_starts, cover
+from energy_ingest.db.pool import Conn, Pool
 from energy_ingest.problems import Problem
 
 MAX_WINDOW = timedelta(days=31)
 DEFAULT_WINDOW = timedelta(hours=24)
+Resolution = Literal["reading", "hour"]
 
 
 class ReadingCounts(msgspec.Struct):
@@ -19,7 +26,15 @@ class ReadingCounts(msgspec.Struct):
     vehicle: int
 
 
-class PerformanceReport(msgspec.Struct, rename="camel"):
+class PerformancePoint(msgspec.Struct, rename="camel"):
+    start: datetime
+    total_ac: float
+    total_dc: float
+    efficiency: float | None
+    avg_battery_temp: float | None
+
+
+class PerformanceReport(msgspec.Struct, rename="camel", omit_defaults=True):
     vehicle_id: str
     meter_ids: list[str]
     from_: datetime = msgspec.field(name="from")
@@ -30,9 +45,60 @@ class PerformanceReport(msgspec.Struct, rename="camel"):
     avg_battery_temp: float | None
     efficiency_alert: bool
     readings: ReadingCounts
+    resolution: Resolution = "reading"
+    series: list[PerformancePoint] | None = None
 
 
-def resolve_window(start: datetime | None, end: datetime | None, now: datetime) -> tuple[datetime, datetime]:
+class VoltageStats(msgspec.Struct):
+    min: float | None
+    avg: float | None
+    max: float | None
+
+
+class MeterPoint(msgspec.Struct, rename="camel"):
+    start: datetime
+    total_kwh: float
+    readings: int
+    voltage: VoltageStats
+
+
+class MeterReport(msgspec.Struct, rename="camel", omit_defaults=True):
+    meter_id: str
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    total_kwh: float
+    readings: int
+    voltage: VoltageStats
+    resolution: Resolution = "reading"
+    series: list[MeterPoint] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start: datetime
+    end: datetime
+    bucket: Bucket | None
+    zone: ZoneInfo
+    raw_from: datetime  # raw readings exist from here on (retention)
+
+    @property
+    def tz(self) -> str:
+        return self.zone.key
+
+    def cover(self, lo: datetime | None = None, hi: datetime | None = None) -> Cover:
+        lo, hi = lo or self.start, hi or self.end
+        return cover(lo, hi, self.raw_from, bucket_cuts(lo, hi, self.bucket, self.zone))
+
+
+def resolve_window(
+    start: datetime | None,
+    end: datetime | None,
+    now: datetime,
+    *,
+    bucket: str | None = None,
+    tz: str = "UTC",
+    raw_retention_days: int = 90,
+) -> Window:
     """`[from, to)`: `to` defaults to now, `from` to 24 h before `to`; at most 31 days."""
     end = end or now
     start = start or end - DEFAULT_WINDOW
@@ -44,34 +110,129 @@ def resolve_window(start: datetime | None, end: datetime | None, now: datetime) 
             "the window may span at most 31 days",
             errors=[{"field": "from", "reason": "window longer than 31 days"}],
         )
-    return start, end
+    if bucket not in (None, "15m", "1h", "1d"):
+        raise Problem(400, "`bucket` must be 15m, 1h or 1d", errors=[{"field": "bucket", "reason": "unknown"}])
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise Problem(
+            400, f"`tz` {tz!r} is not an IANA time zone", errors=[{"field": "tz", "reason": "unknown zone"}]
+        ) from None
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    raw_from = today - timedelta(days=raw_retention_days)
+    return Window(start, end, bucket, zone, raw_from)  # type: ignore[arg-type]
 
 
-def _kwh(value: float) -> float:
-    # Sums of binary floats carry noise in the last digits; a microwatt-hour is far below any meter's resolution.
-    return round(value, 6)
+def round_kwh(value: Decimal) -> float:
+    # Exact sums, shown to the microwatt-hour: far below any meter's resolution.
+    return float(round(value, 6))
 
 
-async def performance(
-    pool: Pool, vehicle_id: str, start: datetime, end: datetime, threshold: float
-) -> PerformanceReport:
+def mean(total: Decimal, n: int) -> float | None:
+    return None if n == 0 else float(round(total / n, 3))
+
+
+def _efficiency(dc: Decimal, ac: Decimal) -> float | None:
+    return float(round(dc / ac, 4)) if ac > 0 else None
+
+
+def _points(window: Window, whole: Cover) -> list[datetime]:
+    if window.bucket is None:
+        return [WHOLE]
+    return bucket_starts(whole.lo, whole.hi, window.bucket, window.zone)
+
+
+@dataclass(frozen=True, slots=True)
+class PerformancePlan:
+    whole: Cover
+    segments: list[queries.Segment]
+    widened: bool
+    statement: queries.Statement | None
+
+
+async def performance_plan(conn: Conn, vehicle_id: str, window: Window) -> PerformancePlan:
+    """What to read for a vehicle's report: its DC over the window, AC over each link segment."""
+    whole = window.cover()
+    vehicle_key, known = await queries.vehicle_context(conn, vehicle_id)
+    if not known:
+        raise Problem(404, f"vehicle {vehicle_id} is unknown: it has sent no reading and has no meter link")
+    segments = await queries.segments(conn, vehicle_id, whole.lo, whole.hi)
+    seg_covers = [window.cover(s.lo, s.hi) for s in segments]
+    parts = [(VEHICLES, vehicle_key, whole, 0)] if vehicle_key is not None else []
+    parts += [(METERS, s.meter_key, c, 1) for s, c in zip(segments, seg_covers, strict=True) if s.meter_key is not None]
+    widened = whole.widened or any(c.widened for c in seg_covers)
+    return PerformancePlan(whole, segments, widened, queries.device_statement(parts, window.bucket, window.tz))
+
+
+async def performance(pool: Pool, vehicle_id: str, window: Window, threshold: float) -> PerformanceReport:
     async with pool.connection() as conn:
-        if not await queries.vehicle_known(conn, vehicle_id):
-            raise Problem(404, f"vehicle {vehicle_id} is unknown: it has sent no reading and has no meter link")
-        dc = await queries.vehicle_totals(conn, vehicle_id, start, end)
-        ac = await queries.linked_meter_totals(conn, vehicle_id, start, end)
-    total_ac = _kwh(sum(m.kwh_ac for m in ac))
-    total_dc = _kwh(dc.kwh_dc)
-    efficiency = round(total_dc / total_ac, 4) if total_ac > 0 else None
+        plan = await performance_plan(conn, vehicle_id, window)
+        dc, ac = await queries.run_series(conn, plan.statement, 2)
+    whole, segments = plan.whole, plan.segments
+    dc_total, ac_total = dc.total(), ac.total()
+    efficiency = _efficiency(dc_total.kwh, ac_total.kwh)
+    series = None
+    if window.bucket is not None:
+        series = [
+            _point(start, dc.buckets.get(start, Sums()), ac.buckets.get(start, Sums()))
+            for start in _points(window, whole)
+        ]
     return PerformanceReport(
         vehicle_id=vehicle_id,
-        meter_ids=list(dict.fromkeys(m.meter_id for m in ac)),
-        from_=start,
-        to=end,
-        total_ac=total_ac,
-        total_dc=total_dc,
+        meter_ids=list(dict.fromkeys(s.meter_id for s in segments)),
+        from_=whole.lo,
+        to=whole.hi,
+        total_ac=round_kwh(ac_total.kwh),
+        total_dc=round_kwh(dc_total.kwh),
         efficiency=efficiency,
-        avg_battery_temp=None if dc.avg_battery_temp is None else round(dc.avg_battery_temp, 3),
+        avg_battery_temp=mean(dc_total.value_sum, dc_total.readings),
         efficiency_alert=efficiency is not None and efficiency < threshold,
-        readings=ReadingCounts(meter=sum(m.readings for m in ac), vehicle=dc.readings),
+        readings=ReadingCounts(meter=ac_total.readings, vehicle=dc_total.readings),
+        resolution="hour" if plan.widened else "reading",
+        series=series,
+    )
+
+
+def _point(start: datetime, dc: Sums, ac: Sums) -> PerformancePoint:
+    return PerformancePoint(
+        start=start,
+        total_ac=round_kwh(ac.kwh),
+        total_dc=round_kwh(dc.kwh),
+        efficiency=_efficiency(dc.kwh, ac.kwh),
+        avg_battery_temp=mean(dc.value_sum, dc.readings),
+    )
+
+
+def _voltage(s: Sums) -> VoltageStats:
+    return VoltageStats(min=s.value_min, avg=mean(s.value_sum, s.readings), max=s.value_max)
+
+
+async def meter_plan(conn: Conn, meter_id: str, window: Window) -> queries.Statement | None:
+    key = await queries.meter_key(conn, meter_id)
+    if key is None:
+        raise Problem(404, f"meter {meter_id} is unknown: it has sent no reading")
+    return queries.device_statement([(METERS, key, window.cover(), 0)], window.bucket, window.tz)
+
+
+async def meter_report(pool: Pool, meter_id: str, window: Window) -> MeterReport:
+    whole = window.cover()
+    async with pool.connection() as conn:
+        (series,) = await queries.run_series(conn, await meter_plan(conn, meter_id, window), 1)
+    total = series.total()
+    points = None
+    if window.bucket is not None:
+        points = [
+            MeterPoint(start=start, total_kwh=round_kwh(s.kwh), readings=s.readings, voltage=_voltage(s))
+            for start in _points(window, whole)
+            for s in [series.buckets.get(start, Sums())]
+        ]
+    return MeterReport(
+        meter_id=meter_id,
+        from_=whole.lo,
+        to=whole.hi,
+        total_kwh=round_kwh(total.kwh),
+        readings=total.readings,
+        voltage=_voltage(total),
+        resolution="hour" if whole.widened else "reading",
+        series=points,
     )

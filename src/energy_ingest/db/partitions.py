@@ -1,4 +1,4 @@
-"""Daily range partitions of the cold reading tables, created ahead and on demand."""
+"""Daily range partitions (UTC) of the reading and rollup tables, created ahead and on demand."""
 
 from __future__ import annotations
 
@@ -9,54 +9,56 @@ from psycopg import sql
 
 from energy_ingest.db.pool import Conn
 
-READING_TABLES = ("meter_readings", "vehicle_readings")
-# Partitions kept ready before readings arrive: yesterday (late readings) to the day after tomorrow.
+PARTITIONED = ("meter_readings", "vehicle_readings", "meter_hourly", "vehicle_hourly")
+# Kept ready before readings arrive: yesterday (late readings) to the day after tomorrow.
 DAYS_BEHIND = 1
 DAYS_AHEAD = 2
-
-
-def partition_name(table: str, day: date) -> str:
-    return f"{table}_{day:%Y%m%d}"
 
 
 def day_of(ts: datetime) -> date:
     return ts.astimezone(UTC).date()
 
 
+def partition_name(table: str, day: date) -> str:
+    return f"{table}_{day:%Y%m%d}"
+
+
+def _utc(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
 class PartitionKeeper:
-    """Knows which daily partitions exist in this process's view and creates the missing ones."""
+    """Knows which partitions exist in this process's view and creates the missing ones."""
 
     def __init__(self) -> None:
-        self._known: set[tuple[str, date]] = set()
-
-    def missing(self, table: str, days: Iterable[date]) -> set[date]:
-        return {d for d in days if (table, d) not in self._known}
+        self._known: dict[str, set[date]] = {table: set() for table in PARTITIONED}
 
     def forget(self) -> None:
-        self._known.clear()
+        for known in self._known.values():
+            known.clear()
 
     async def ensure(self, conn: Conn, table: str, days: Iterable[date]) -> None:
-        todo = sorted(self.missing(table, days))
+        """Make sure `table` has a partition for each of `days`."""
+        todo = sorted(set(days) - self._known[table])
         if not todo:
             return
         async with conn.transaction():
             # Serialises creation across workers; IF NOT EXISTS makes the losers no-ops.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [table])
             for day in todo:
-                start = datetime(day.year, day.month, day.day, tzinfo=UTC)
                 await conn.execute(
                     sql.SQL(
                         "CREATE TABLE IF NOT EXISTS {part} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})"
                     ).format(
                         part=sql.Identifier(partition_name(table, day)),
                         table=sql.Identifier(table),
-                        lo=sql.Literal(start),
-                        hi=sql.Literal(start + timedelta(days=1)),
+                        lo=sql.Literal(_utc(day)),
+                        hi=sql.Literal(_utc(day + timedelta(days=1))),
                     )
                 )
-        self._known.update((table, d) for d in todo)
+        self._known[table].update(todo)
 
     async def ensure_window(self, conn: Conn, today: date) -> None:
         days = [today + timedelta(days=n) for n in range(-DAYS_BEHIND, DAYS_AHEAD + 1)]
-        for table in READING_TABLES:
+        for table in PARTITIONED:
             await self.ensure(conn, table, days)

@@ -1,11 +1,12 @@
-"""Write SQL: insert new readings into the cold table (dedupe) and upsert the hot store.
+"""Write SQL: insert new readings into the cold table (dedupe), add them to their hourly
+rollups, and upsert the hot store.
 
 Two ways in, chosen per flush by the writer, with the same statements:
 - small flushes: one statement, rows passed as one JSON parameter (a single round trip, no
   explicit transaction: a statement is atomic on its own);
 - large flushes: binary COPY into a per-connection temporary staging table, then the
   statements read it, inside one transaction.
-Owns the writes of the reading and live-status tables.
+Owns the writes of the reading, rollup and live-status tables.
 """
 
 from __future__ import annotations
@@ -29,8 +30,21 @@ class StreamSQL:
 
     kind: str
     columns: tuple[tuple[str, str], ...]  # (name, type) of a staged row; `seq` orders a flush
-    insert_cold: str
-    upsert_hot: str
+    insert_cold: str  # returns the inserted rows; reads {source}
+    rollup: str  # adds the inserted rows (CTE {cold}) to their hours
+    upsert_hot: str  # reads {source}
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}_key"
+
+    def cold_ctes(self, source: str) -> str:
+        """The cold insert and its rollup as two CTEs, `{kind}_cold` and `{kind}_roll`."""
+        cold = f"{self.kind}_cold"
+        return (
+            f"{cold} AS ({self.insert_cold.format(source=source)}),\n"
+            f"{self.kind}_roll AS ({self.rollup.format(cold=cold)})"
+        )
 
     @property
     def stage(self) -> str:
@@ -67,7 +81,17 @@ INSERT INTO meter_readings (meter_key, ts, received_at, kwh_consumed_ac, voltage
 SELECT meter_key, ts, received_at, kwh_consumed_ac, voltage FROM {source}
 ORDER BY meter_key, ts, seq
 ON CONFLICT DO NOTHING
-RETURNING meter_key, ts""",
+RETURNING meter_key, ts, kwh_consumed_ac, voltage""",
+    rollup="""
+INSERT INTO meter_hourly AS h (meter_key, hour, readings, kwh, voltage_sum, voltage_min, voltage_max)
+SELECT meter_key, date_trunc('hour', ts, 'UTC'), count(*), sum(kwh_consumed_ac::numeric), sum(voltage::numeric),
+       min(voltage), max(voltage)
+FROM {cold} GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (meter_key, hour) DO UPDATE
+SET readings = h.readings + EXCLUDED.readings, kwh = h.kwh + EXCLUDED.kwh,
+    voltage_sum = h.voltage_sum + EXCLUDED.voltage_sum,
+    voltage_min = least(h.voltage_min, EXCLUDED.voltage_min),
+    voltage_max = greatest(h.voltage_max, EXCLUDED.voltage_max)""",
     # The newest reading per device; an older or equal-time one never replaces what is stored.
     upsert_hot="""
 INSERT INTO meter_live_status AS l (meter_key, ts, received_at, kwh_consumed_ac, voltage)
@@ -95,7 +119,19 @@ INSERT INTO vehicle_readings (vehicle_key, ts, received_at, kwh_delivered_dc, so
 SELECT vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp FROM {source}
 ORDER BY vehicle_key, ts, seq
 ON CONFLICT DO NOTHING
-RETURNING vehicle_key, ts""",
+RETURNING vehicle_key, ts, kwh_delivered_dc, soc, battery_temp""",
+    # last_soc: the SoC of the hour's latest reading, even when an earlier one arrives later.
+    rollup="""
+INSERT INTO vehicle_hourly AS h (vehicle_key, hour, readings, kwh, temp_sum, temp_min, temp_max, last_ts, last_soc)
+SELECT vehicle_key, date_trunc('hour', ts, 'UTC'), count(*), sum(kwh_delivered_dc::numeric),
+       sum(battery_temp::numeric), min(battery_temp), max(battery_temp), max(ts), (array_agg(soc ORDER BY ts DESC))[1]
+FROM {cold} GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT (vehicle_key, hour) DO UPDATE
+SET readings = h.readings + EXCLUDED.readings, kwh = h.kwh + EXCLUDED.kwh,
+    temp_sum = h.temp_sum + EXCLUDED.temp_sum,
+    temp_min = least(h.temp_min, EXCLUDED.temp_min), temp_max = greatest(h.temp_max, EXCLUDED.temp_max),
+    last_soc = CASE WHEN EXCLUDED.last_ts > h.last_ts THEN EXCLUDED.last_soc ELSE h.last_soc END,
+    last_ts = greatest(h.last_ts, EXCLUDED.last_ts)""",
     upsert_hot="""
 INSERT INTO vehicle_live_status AS l (vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp)
 SELECT DISTINCT ON (vehicle_key) vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp
@@ -115,10 +151,11 @@ def _one_statement(streams: Sequence[StreamSQL]) -> str:
     ctes = []
     returns = []
     for n, stream in enumerate(streams):
-        ctes.append(f"{stream.kind}_input AS (SELECT * FROM {stream.recordset})")
-        ctes.append(f"{stream.kind}_cold AS ({stream.insert_cold.format(source=f'{stream.kind}_input')})")
-        ctes.append(f"{stream.kind}_hot AS ({stream.upsert_hot.format(source=f'{stream.kind}_input')})")
-        returns.append(f"SELECT {n} AS stream, * FROM {stream.kind}_cold")
+        source = f"{stream.kind}_input"
+        ctes.append(f"{source} AS (SELECT * FROM {stream.recordset})")
+        ctes.append(stream.cold_ctes(source))
+        ctes.append(f"{stream.kind}_hot AS ({stream.upsert_hot.format(source=source)})")
+        returns.append(f"SELECT {n} AS stream, {stream.key}, ts FROM {stream.kind}_cold")
     return "WITH " + ",\n".join(ctes) + "\n" + "\nUNION ALL ".join(returns)
 
 
@@ -159,7 +196,7 @@ async def write_staged(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, 
             copy.set_types([type_ for _, type_ in stream.columns])
             for row in rows:
                 await copy.write_row(row)
-        await cur.execute(stream.insert_cold.format(source=stream.stage))
+        await cur.execute(f"WITH {stream.cold_ctes(stream.stage)} SELECT {stream.key}, ts FROM {stream.kind}_cold")
         inserted: Keys = await cur.fetchall()
         await cur.execute(stream.upsert_hot.format(source=stream.stage))
     return inserted

@@ -72,7 +72,7 @@ def rules_for(settings: Settings) -> Rules:
     return Rules(
         max_readings=settings.max_readings_per_request,
         max_future_skew=timedelta(seconds=settings.max_future_skew_s),
-        max_backfill=timedelta(days=settings.max_backfill_days),
+        max_backfill=timedelta(days=settings.raw_retention_days),
     )
 
 

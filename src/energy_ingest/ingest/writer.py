@@ -24,6 +24,7 @@ from energy_ingest.telemetry.decode import DecodedBatch
 log = logging.getLogger("energy_ingest.writer")
 
 DB_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,16 +233,24 @@ class GroupCommitWriter:
                 self._prepared.add(conn)
             meters = await self._rows(conn, group, METERS)
             vehicles = await self._rows(conn, group, VEHICLES)
-            try:
-                return await self._commit(conn, group, meters, vehicles)
-            except psycopg.errors.CheckViolation as exc:
-                # A partition this process believed in was dropped (retention): recreate and retry once.
-                if "no partition" not in str(exc):
-                    raise
-                self._partitions.forget()
-                for stream, rows in ((METERS, meters), (VEHICLES, vehicles)):
-                    await self._partitions.ensure(conn, stream.table, {day_of(row[2]) for row in rows})
-                return await self._commit(conn, group, meters, vehicles)
+            for attempt in range(1, _ATTEMPTS + 1):
+                try:
+                    return await self._commit(conn, group, meters, vehicles)
+                except psycopg.errors.DeadlockDetected:
+                    # The CTEs of one statement lock tables in no fixed order; the loser just runs again.
+                    if attempt == _ATTEMPTS:
+                        raise
+                    log.info("flush chosen as deadlock victim; retrying")
+                except psycopg.errors.CheckViolation as exc:
+                    # A partition this process believed in was dropped (retention): recreate and retry.
+                    if "no partition" not in str(exc) or attempt == _ATTEMPTS:
+                        raise
+                    self._partitions.forget()
+                    for stream, rows in ((METERS, meters), (VEHICLES, vehicles)):
+                        days = {day_of(row[2]) for row in rows}
+                        await self._partitions.ensure(conn, stream.table, days)
+                        await self._partitions.ensure(conn, stream.rollup_table, days)
+            raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _commit(
         self, conn: Conn, group: list[_Request], meters: list[tuple[Any, ...]], vehicles: list[tuple[Any, ...]]
@@ -273,7 +282,9 @@ class GroupCommitWriter:
             return []
         device = stream.device
         keys = await self._registry.keys(conn, stream.kind, {device(r) for r, _ in readings})
-        await self._partitions.ensure(conn, stream.table, {day_of(r.timestamp) for r, _ in readings})
+        days = {day_of(r.timestamp) for r, _ in readings}
+        await self._partitions.ensure(conn, stream.table, days)
+        await self._partitions.ensure(conn, stream.rollup_table, days)
         values = stream.values
         return [(seq, keys[device(r)], r.timestamp, at, *values(r)) for seq, (r, at) in enumerate(readings)]
 
@@ -284,6 +295,7 @@ class _Stream:
 
     kind: DeviceKind
     table: str
+    rollup_table: str
     sql: repo.StreamSQL
     readings: Callable[[DecodedBatch], Sequence[Any]]
     device: Callable[[Any], str]
@@ -293,6 +305,7 @@ class _Stream:
 METERS = _Stream(
     "meter",
     "meter_readings",
+    "meter_hourly",
     repo.METER_SQL,
     readings=lambda b: b.meters,
     device=attrgetter("meter_id"),
@@ -301,6 +314,7 @@ METERS = _Stream(
 VEHICLES = _Stream(
     "vehicle",
     "vehicle_readings",
+    "vehicle_hourly",
     repo.VEHICLE_SQL,
     readings=lambda b: b.vehicles,
     device=attrgetter("vehicle_id"),

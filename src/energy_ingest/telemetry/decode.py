@@ -266,7 +266,7 @@ def _problems(item: _Incoming, latest: datetime, earliest: datetime, rules: Rule
             problems.append(("timestamp", f"is more than {skew:g} s ahead of the server clock"))
         elif ts < earliest:
             days = rules.max_backfill.days
-            problems.append(("timestamp", f"is more than {days} days in the past (backfill limit)"))
+            problems.append(("timestamp", f"is more than {days} days in the past (raw retention: it would be dropped)"))
     if not problems:  # unreachable for a valid reading, which `_check` already returned
         problems.append(("$", "is not a valid reading"))
     return problems

@@ -1,0 +1,122 @@
+"""The fleet efficiency report: every vehicle over a window, worst first, with cursor pagination."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+import msgspec
+
+from energy_ingest.analytics import queries
+from energy_ingest.analytics.queries import FleetCursor, FleetRow
+from energy_ingest.analytics.service import ReadingCounts, Resolution, Window, mean, round_kwh
+from energy_ingest.analytics.windows import HOUR, floor_hour, merge
+from energy_ingest.db.pool import Conn, Pool
+from energy_ingest.problems import Problem
+
+Status = Literal["alert", "ok", "insufficientData"]
+MAX_LIMIT = 1000
+
+
+class FleetVehicle(msgspec.Struct, rename="camel"):
+    vehicle_id: str
+    meter_ids: list[str]
+    total_ac: float
+    total_dc: float
+    efficiency: float | None
+    avg_battery_temp: float | None
+    status: Status
+    readings: ReadingCounts
+
+
+class FleetReport(msgspec.Struct, rename="camel"):
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    below: float
+    min_ac_kwh: float
+    total: int
+    vehicles: list[FleetVehicle]
+    next_cursor: str | None
+    resolution: Resolution = "reading"
+
+
+def default_window(now: datetime) -> tuple[datetime, datetime]:
+    """The last 24 complete UTC hours: final figures, answered from rollups alone."""
+    end = floor_hour(now)
+    return end - 24 * HOUR, end
+
+
+def encode_cursor(row: FleetRow) -> str:
+    raw = msgspec.json.encode([row.insufficient, str(row.sort_efficiency), row.vehicle_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> FleetCursor:
+    try:
+        insufficient, efficiency, vehicle_id = msgspec.json.decode(
+            base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        )
+        return FleetCursor(int(insufficient), Decimal(efficiency), str(vehicle_id))
+    except (ValueError, TypeError, binascii.Error, InvalidOperation, msgspec.DecodeError):
+        raise Problem(
+            400, "`cursor` is not one this service gave out", errors=[{"field": "cursor", "reason": "malformed"}]
+        ) from None
+
+
+async def fleet_plan(
+    conn: Conn, window: Window, min_ac_kwh: float, after: FleetCursor | None, limit: int
+) -> queries.Statement:
+    whole = window.cover()
+    # Hours a link change cuts in two must come from readings, for the meters involved.
+    boundaries = await queries.link_boundaries(conn, whole.lo, whole.hi)
+    cut_hours = [(floor_hour(b), floor_hour(b) + HOUR) for b in boundaries]
+    ac_raw = whole.raw + [h for h in cut_hours if h[0] >= window.raw_from]
+    return queries.fleet_statement(whole, merge(ac_raw), min_ac_kwh, after, limit)
+
+
+async def report(
+    pool: Pool, window: Window, below: float, min_ac_kwh: float, limit: int, cursor: str | None
+) -> FleetReport:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Problem(400, f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+    if min_ac_kwh < 0:
+        raise Problem(400, "`minAcKwh` must be ≥ 0", errors=[{"field": "minAcKwh", "reason": "negative"}])
+    after = decode_cursor(cursor) if cursor else None
+    whole = window.cover()
+    async with pool.connection() as conn:
+        rows = await queries.fleet_rows(conn, await fleet_plan(conn, window, min_ac_kwh, after, limit))
+    vehicles = [_vehicle(row, below) for row in rows]
+    return FleetReport(
+        from_=whole.lo,
+        to=whole.hi,
+        below=below,
+        min_ac_kwh=min_ac_kwh,
+        total=rows[0].total if rows else 0,
+        vehicles=vehicles,
+        next_cursor=encode_cursor(rows[-1]) if len(rows) == limit else None,
+        resolution="hour" if whole.widened else "reading",
+    )
+
+
+def _vehicle(row: FleetRow, below: float) -> FleetVehicle:
+    efficiency = None if row.efficiency is None else float(row.efficiency)
+    status: Status
+    if row.insufficient:
+        status = "insufficientData"
+    elif efficiency is not None and efficiency < below:
+        status = "alert"
+    else:
+        status = "ok"
+    return FleetVehicle(
+        vehicle_id=row.vehicle_id,
+        meter_ids=row.meter_ids,
+        total_ac=round_kwh(row.ac_kwh),
+        total_dc=round_kwh(row.dc_kwh),
+        efficiency=efficiency,
+        avg_battery_temp=mean(row.temp_sum or Decimal(0), row.dc_readings),
+        status=status,
+        readings=ReadingCounts(meter=row.ac_readings, vehicle=row.dc_readings),
+    )

@@ -1,0 +1,73 @@
+"""GET /v1/vehicles/live and /v1/meters/live: every device's newest reading, paginated by id,
+optionally only those silent for longer than `stale` (offline detection)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import msgspec
+from litestar import get
+from litestar.params import QueryParameter
+
+from energy_ingest.live import queries
+from energy_ingest.live.queries import MeterLive, VehicleLive
+from energy_ingest.problems import Problem
+from energy_ingest.services import ServicesDep
+
+MAX_LIMIT = 1000
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+Limit = Annotated[int, QueryParameter(description="Devices per page, 1–1000")]
+Cursor = Annotated[str | None, QueryParameter(description="`nextCursor` of the previous page")]
+Stale = Annotated[
+    str | None,
+    QueryParameter(description="Only devices whose newest reading is older than this, e.g. 10m, 2h, 1d"),
+]
+
+
+class VehiclePage(msgspec.Struct, rename="camel"):
+    devices: list[VehicleLive]
+    next_cursor: str | None
+
+
+class MeterPage(msgspec.Struct, rename="camel"):
+    devices: list[MeterLive]
+    next_cursor: str | None
+
+
+def _silent_since(stale: str | None) -> datetime | None:
+    if stale is None:
+        return None
+    match = _DURATION.match(stale.strip())
+    if not match:
+        raise Problem(
+            400,
+            "`stale` must be a duration such as 90s, 10m, 2h or 1d",
+            errors=[{"field": "stale", "reason": "not a duration"}],
+        )
+    return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Problem(400, f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+    return limit
+
+
+@get("/v1/vehicles/live", tags=["live"], summary="Every vehicle's newest reading, by id")
+async def vehicles_live(
+    services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
+) -> VehiclePage:
+    rows = await queries.vehicles(services.pool, _limit(limit), cursor, _silent_since(stale))
+    return VehiclePage(devices=rows, next_cursor=rows[-1].vehicle_id if len(rows) == limit else None)
+
+
+@get("/v1/meters/live", tags=["live"], summary="Every meter's newest reading, by id")
+async def meters_live(
+    services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
+) -> MeterPage:
+    rows = await queries.meters(services.pool, _limit(limit), cursor, _silent_since(stale))
+    return MeterPage(devices=rows, next_cursor=rows[-1].meter_id if len(rows) == limit else None)
