@@ -16,6 +16,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from energy_ingest import __version__
 from energy_ingest.analytics.routes import fleet_report, meter_analytics, vehicle_performance
 from energy_ingest.config import Settings
+from energy_ingest.db.partitions import drop_expired
 from energy_ingest.db.pool import open_pool
 from energy_ingest.health import health, ready
 from energy_ingest.ingest.fast import IngestFastPath
@@ -34,11 +35,17 @@ PARTITION_UPKEEP_S = 3600.0
 
 
 async def _keep_partitions(services: Services) -> None:
-    """Create tomorrow's partitions ahead of time, hour after hour, whatever the database did meanwhile."""
+    """Hour after hour: create the coming days' partitions ahead of time, drop those past retention."""
+    settings = services.settings
     while True:
         try:
+            today = datetime.now(UTC).date()
             async with services.pool.connection() as conn:
-                await services.writer.partitions.ensure_window(conn, datetime.now(UTC).date())
+                await services.writer.partitions.ensure_window(conn, today)
+                dropped = await drop_expired(conn, today, settings.raw_retention_days, settings.rollup_retention_days)
+            if dropped:
+                services.writer.partitions.forget()
+                log.info("retention dropped %d partitions: %s", len(dropped), ", ".join(dropped))
         except Exception as exc:
             log.warning("partition upkeep failed, will retry: %s", exc)
         await asyncio.sleep(PARTITION_UPKEEP_S)

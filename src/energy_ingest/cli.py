@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import fields
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import psycopg
@@ -19,6 +20,7 @@ from energy_ingest import benchmark
 from energy_ingest.config import Settings, SettingsError
 from energy_ingest.db.embedded import EmbeddedPostgres
 from energy_ingest.db.migrations import apply_migrations
+from energy_ingest.rollups import rebuild as rollup_rebuild
 from energy_ingest.simulate import runner as simulate_runner
 
 log = logging.getLogger("energy_ingest")
@@ -46,12 +48,31 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _database_flags(migrate)
 
+    rollups = sub.add_parser("rollups", help="hourly rollup maintenance")
+    rollup_sub = rollups.add_subparsers(dest="rollups_command", required=True)
+    rebuild_cmd = rollup_sub.add_parser("rebuild", help="recompute rollups from raw readings, report differences")
+    _database_flags(rebuild_cmd)
+    rebuild_cmd.add_argument("--from", dest="rebuild_from", type=_day, help="first day (YYYY-MM-DD), default: oldest")
+    rebuild_cmd.add_argument("--to", dest="rebuild_to", type=_day, help="last day (YYYY-MM-DD), default: newest")
+
     simulate = sub.add_parser("simulate", help="drive a running service with a simulated fleet")
     simulate_runner.add_arguments(simulate)
 
     bench = sub.add_parser("bench", help="run the standard ingest benchmark, write bench/RESULTS.md")
     benchmark.add_arguments(bench)
     return parser
+
+
+def _day(text: str) -> date:
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC).date() if "T" in text else date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or RFC 3339 timestamp") from None
+
+
+async def _rebuild(url: str, start: date | None, end: date | None) -> str:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True, options="-c TimeZone=UTC") as conn:
+        return rollup_rebuild.summary(await rollup_rebuild.rebuild(conn, start, end))
 
 
 def resolve_database(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
@@ -107,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         logging.basicConfig(level="WARNING")
         tool = benchmark if args.command == "bench" else simulate_runner
         sys.exit(tool.main_from_args(args))
-    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    overrides = {
+        k: v for k, v in vars(args).items() if k not in {"command", "rollups_command", "rebuild_from", "rebuild_to"}
+    }
     try:
         settings = Settings.from_env().with_overrides(**overrides)
     except SettingsError as exc:
@@ -120,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "migrate":
             url, _embedded = resolve_database(settings)
             _migrate(url)
+        elif args.command == "rollups":
+            url, _embedded = resolve_database(settings)
+            _migrate(url)
+            print(asyncio.run(_rebuild(url, args.rebuild_from, args.rebuild_to)))
     except (OSError, psycopg.OperationalError) as exc:
         sys.exit(f"energy-ingest: cannot reach the database: {exc}")
 

@@ -62,3 +62,47 @@ class PartitionKeeper:
         days = [today + timedelta(days=n) for n in range(-DAYS_BEHIND, DAYS_AHEAD + 1)]
         for table in PARTITIONED:
             await self.ensure(conn, table, days)
+
+
+_RETENTION_LOCK = 0x72657465
+_LIST_PARTITIONS = """
+SELECT c.relname FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class p ON p.oid = i.inhparent
+WHERE p.relname = %s
+ORDER BY c.relname
+"""
+
+
+async def drop_expired(conn: Conn, today: date, raw_days: int, rollup_days: int) -> list[str]:
+    """Drop the daily partitions past retention; returns their names. Needs an autocommit connection.
+
+    DETACH … CONCURRENTLY takes only a SHARE UPDATE EXCLUSIVE lock on the parent, so inserts into
+    the other partitions go on meanwhile. With several workers, whoever holds the lock does it.
+    """
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [_RETENTION_LOCK])
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return []
+    dropped: list[str] = []
+    try:
+        for table in PARTITIONED:
+            keep = raw_days if table.endswith("_readings") else rollup_days
+            oldest = today - timedelta(days=keep)
+            cur = await conn.execute(_LIST_PARTITIONS, [table])
+            for (name,) in await cur.fetchall():
+                suffix = name.removeprefix(f"{table}_")
+                if not (len(suffix) == 8 and suffix.isdigit()):
+                    continue
+                if datetime.strptime(suffix, "%Y%m%d").date() >= oldest:
+                    continue
+                await conn.execute(
+                    sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
+                        sql.Identifier(table), sql.Identifier(name)
+                    )
+                )
+                await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                dropped.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", [_RETENTION_LOCK])
+    return dropped

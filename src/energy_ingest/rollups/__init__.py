@@ -1,0 +1,1 @@
+"""Hourly rollups: recomputing them from raw readings (`energy-ingest rollups rebuild`)."""
