@@ -94,7 +94,7 @@ def test_offset_timestamps_are_accepted_and_mean_the_same_instant(client: TestCl
 
 
 def test_timestamp_older_than_backfill_limit_is_rejected(client: TestClient[Any]) -> None:
-    errors = _errors(client, meter("M", datetime.now(UTC) - timedelta(days=400)))
+    errors = _errors(client, meter("M", datetime.now(UTC) - timedelta(days=91)))
     assert errors[0]["field"] == "timestamp" and "retention" in errors[0]["reason"]
 
 

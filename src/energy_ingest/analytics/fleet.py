@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Literal
@@ -16,9 +17,11 @@ from energy_ingest.analytics.service import ReadingCounts, Resolution, Window, m
 from energy_ingest.analytics.windows import HOUR, floor_hour, merge
 from energy_ingest.db.pool import Conn, Pool
 from energy_ingest.problems import Problem
+from energy_ingest.telemetry.readings import DEVICE_ID_PATTERN
 
 Status = Literal["alert", "ok", "insufficientData"]
 MAX_LIMIT = 1000
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 
 class FleetVehicle(msgspec.Struct, rename="camel"):
@@ -87,14 +90,14 @@ async def report(
     after = decode_cursor(cursor) if cursor else None
     whole = window.cover()
     async with pool.connection() as conn:
-        rows = await queries.fleet_rows(conn, await fleet_plan(conn, window, min_ac_kwh, after, limit))
+        total, rows = await queries.fleet_rows(conn, await fleet_plan(conn, window, min_ac_kwh, after, limit))
     vehicles = [_vehicle(row, below) for row in rows]
     return FleetReport(
         from_=whole.lo,
         to=whole.hi,
         below=below,
         min_ac_kwh=min_ac_kwh,
-        total=rows[0].total if rows else 0,
+        total=total,
         vehicles=vehicles,
         next_cursor=encode_cursor(rows[-1]) if len(rows) == limit else None,
         resolution="hour" if whole.widened else "reading",

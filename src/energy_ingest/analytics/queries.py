@@ -293,14 +293,13 @@ ac AS (
 ),
 linked AS (SELECT vehicle_id, array_agg(DISTINCT meter_id ORDER BY meter_id) AS meter_ids FROM segments GROUP BY 1),
 fleet AS (
-    SELECT v.vehicle_id, coalesce(linked.meter_ids, '{{}}') AS meter_ids,
-           coalesce(dc.n, 0) AS dc_n, coalesce(dc.kwh, 0) AS dc_kwh, dc.temp,
+    -- Vehicles with readings in the window, or linked during it even if they never reported.
+    SELECT coalesce(d.vehicle_id, linked.vehicle_id) AS vehicle_id, coalesce(linked.meter_ids, '{{}}') AS meter_ids,
+           coalesce(d.n, 0) AS dc_n, coalesce(d.kwh, 0) AS dc_kwh, d.temp,
            coalesce(ac.n, 0) AS ac_n, coalesce(ac.kwh, 0) AS ac_kwh
-    FROM vehicles v
-    LEFT JOIN dc ON dc.vehicle_key = v.vehicle_key
-    LEFT JOIN ac ON ac.vehicle_id = v.vehicle_id
-    LEFT JOIN linked ON linked.vehicle_id = v.vehicle_id
-    WHERE dc.vehicle_key IS NOT NULL OR linked.vehicle_id IS NOT NULL
+    FROM (SELECT v.vehicle_id, dc.n, dc.kwh, dc.temp FROM dc JOIN vehicles v USING (vehicle_key)) d
+    FULL JOIN linked ON linked.vehicle_id = d.vehicle_id
+    LEFT JOIN ac ON ac.vehicle_id = coalesce(d.vehicle_id, linked.vehicle_id)
 ),
 ranked AS (
     SELECT *, CASE WHEN ac_kwh > 0 THEN round(dc_kwh / ac_kwh, 4) END AS efficiency,
@@ -309,15 +308,17 @@ ranked AS (
 ),
 sorted AS (
     SELECT *, CASE WHEN insufficient = 1 OR efficiency IS NULL THEN {NO_EFFICIENCY} ELSE efficiency END
-              AS sort_efficiency,
-           count(*) OVER () AS total
+              AS sort_efficiency
     FROM ranked
 )
-SELECT vehicle_id, meter_ids, dc_n, dc_kwh, temp, ac_n, ac_kwh, efficiency, insufficient, sort_efficiency, total
-FROM sorted
-WHERE {cursor}
-ORDER BY insufficient, sort_efficiency, vehicle_id
-LIMIT %(limit)s
+-- One row at least, so the total comes back even for a page past the last vehicle.
+SELECT page.vehicle_id, page.meter_ids, page.dc_n, page.dc_kwh, page.temp, page.ac_n, page.ac_kwh,
+       page.efficiency, page.insufficient, page.sort_efficiency, counted.total
+FROM (SELECT count(*) AS total FROM sorted) counted
+LEFT JOIN LATERAL (
+    SELECT * FROM sorted WHERE {cursor} ORDER BY insufficient, sort_efficiency, vehicle_id LIMIT %(limit)s
+) page ON true
+ORDER BY page.insufficient, page.sort_efficiency, page.vehicle_id
 """
     return Statement(sql, params.values)
 
@@ -334,12 +335,16 @@ class FleetRow:
     efficiency: Decimal | None
     insufficient: bool
     sort_efficiency: Decimal
-    total: int
 
 
-async def fleet_rows(conn: Conn, statement: Statement) -> list[FleetRow]:
+async def fleet_rows(conn: Conn, statement: Statement) -> tuple[int, list[FleetRow]]:
+    """(vehicles in the whole report, this page's rows)."""
     cur = await conn.execute(statement.sql.encode(), statement.params)
-    return [
-        FleetRow(r[0], list(r[1]), int(r[2]), r[3], r[4], int(r[5]), r[6], r[7], bool(r[8]), r[9], int(r[10]))
-        for r in await cur.fetchall()
+    rows = await cur.fetchall()
+    total = int(rows[0][10]) if rows else 0
+    page = [
+        FleetRow(r[0], list(r[1]), int(r[2]), r[3], r[4], int(r[5]), r[6], r[7], bool(r[8]), r[9])
+        for r in rows
+        if r[0] is not None
     ]
+    return total, page

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -45,7 +45,7 @@ class PerformanceReport(msgspec.Struct, rename="camel", omit_defaults=True):
     avg_battery_temp: float | None
     efficiency_alert: bool
     readings: ReadingCounts
-    resolution: Resolution = "reading"
+    resolution: Resolution  # "hour" when part of the window is past raw retention
     series: list[PerformancePoint] | None = None
 
 
@@ -69,7 +69,7 @@ class MeterReport(msgspec.Struct, rename="camel", omit_defaults=True):
     total_kwh: float
     readings: int
     voltage: VoltageStats
-    resolution: Resolution = "reading"
+    resolution: Resolution
     series: list[MeterPoint] | None = None
 
 
@@ -123,17 +123,22 @@ def resolve_window(
     return Window(start, end, bucket, zone, raw_from)  # type: ignore[arg-type]
 
 
+def _round(value: Decimal, places: int) -> float:
+    # Half away from zero, as PostgreSQL's round(numeric) does, so every report rounds alike.
+    return float(value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+
+
 def round_kwh(value: Decimal) -> float:
     # Exact sums, shown to the microwatt-hour: far below any meter's resolution.
-    return float(round(value, 6))
+    return _round(value, 6)
 
 
 def mean(total: Decimal, n: int) -> float | None:
-    return None if n == 0 else float(round(total / n, 3))
+    return None if n == 0 else _round(total / n, 3)
 
 
 def _efficiency(dc: Decimal, ac: Decimal) -> float | None:
-    return float(round(dc / ac, 4)) if ac > 0 else None
+    return _round(dc / ac, 4) if ac > 0 else None
 
 
 def _points(window: Window, whole: Cover) -> list[datetime]:
