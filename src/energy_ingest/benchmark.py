@@ -29,7 +29,7 @@ import psutil
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from energy_ingest import __version__
+from energy_ingest import __version__, analytics_benchmark
 from energy_ingest.db.embedded import EmbeddedPostgres
 from energy_ingest.db.migrations import apply_migrations
 from energy_ingest.db.partitions import PartitionKeeper
@@ -242,19 +242,39 @@ async def _sampling(server: _Server, coro: Any) -> Any:
         sampler.cancel()
 
 
+@dataclass
+class _FreshDatabase:
+    """A new database for one benchmark run, on the embedded server or on `--database-url`."""
+
+    admin: str
+    url: str
+    name: str
+    embedded: EmbeddedPostgres | None
+
+    @classmethod
+    def create(cls, database_url: str | None) -> _FreshDatabase:
+        embedded = None
+        if database_url:
+            admin = database_url
+        else:
+            embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="energy-ingest-bench-")))
+            admin = embedded.url
+        name = f"energy_ingest_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        params = conninfo_to_dict(admin) | {"dbname": name}
+        url = make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
+        asyncio.run(apply_migrations(url))
+        return cls(admin, url, name, embedded)
+
+    def drop(self) -> None:
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    embedded = None
-    if args.database_url:
-        admin = args.database_url
-    else:
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="energy-ingest-bench-")))
-        admin = embedded.url
-    name = f"energy_ingest_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(admin) | {"dbname": name}
-    url = make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
-    asyncio.run(apply_migrations(url))
+    db = _FreshDatabase.create(args.database_url)
+    embedded, url = db.embedded, db.url
     readings = _Readings()
 
     async def partitions() -> None:
@@ -336,15 +356,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "readings_lost": lost,
         "overload": overload,
     }
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    db.drop()
+    return result
+
+
+def run_analytics(args: argparse.Namespace) -> dict[str, Any]:
+    db = _FreshDatabase.create(args.database_url)
+    server = _Server(db.url, args.workers)
+    try:
+        result = analytics_benchmark.run(
+            db.url, f"http://127.0.0.1:{server.port}", args.devices, args.days, args.queries, concurrency=8
+        )
+    finally:
+        server.stop()
+    if not args.keep:
+        db.drop()
     return result
 
 
 def render(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
-        "# Benchmark results",
+        "## Ingest",
         "",
         f"Written by `energy-ingest bench` on {result['date']}.",
         "Server, PostgreSQL and load generator share the machine.",
@@ -387,13 +420,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--overload-seconds", type=float, default=5.0, help="length of the 2x overload phase")
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--analytics", action="store_true", help="run the analytics benchmark instead")
+    parser.add_argument("--devices", type=int, default=10_000, help="analytics: meters and as many vehicles")
+    parser.add_argument("--days", type=int, default=2, help="analytics: days of one reading a minute")
+    parser.add_argument("--queries", type=int, default=200, help="analytics: timed requests per single-vehicle query")
+    parser.add_argument("--keep", action="store_true", help="analytics: keep the loaded database")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    result = run(args)
+    """Run one benchmark; keep the other's last results, and write both to RESULTS.md."""
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = render(result)
+    path = args.out / "results.json"
+    combined: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if "figures" in combined:  # the ingest-only layout of earlier versions
+        combined = {"ingest": combined}
+    if args.analytics:
+        combined["analytics"] = run_analytics(args)
+    else:
+        combined["ingest"] = run(args)
+    path.write_text(json.dumps(combined, indent=2) + "\n")
+    parts = ["# Benchmark results", ""]
+    if "ingest" in combined:
+        parts.append(render(combined["ingest"]))
+    if "analytics" in combined:
+        parts += analytics_benchmark.render(combined["analytics"])
+    text = "\n".join(parts)
     (args.out / "RESULTS.md").write_text(text)
     print(text)
     return 0
