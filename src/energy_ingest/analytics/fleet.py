@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from energy_ingest.analytics import queries
-from energy_ingest.analytics.queries import FleetCursor, FleetRow
+from energy_ingest.analytics.queries import NO_EFFICIENCY, FleetCursor, FleetRow
 from energy_ingest.analytics.service import ReadingCounts, Resolution, Window, mean, round_kwh
 from energy_ingest.analytics.windows import HOUR, floor_hour, merge
 from energy_ingest.db.pool import Conn, Pool
@@ -53,16 +53,22 @@ def default_window(now: datetime) -> tuple[datetime, datetime]:
 
 
 def encode_cursor(row: FleetRow) -> str:
-    raw = msgspec.json.encode([row.insufficient, str(row.sort_efficiency), row.vehicle_id])
+    raw = msgspec.json.encode([int(row.insufficient), str(row.sort_efficiency), row.vehicle_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> FleetCursor:
     try:
-        insufficient, efficiency, vehicle_id = msgspec.json.decode(
-            base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        insufficient, efficiency, vehicle_id = msgspec.json.decode(raw, type=tuple[int, str, str])
+        sort_efficiency = Decimal(efficiency)
+        # Only what this service hands out: a 0/1 flag, an efficiency to 4 places (or the sentinel), a device id.
+        valid_efficiency = sort_efficiency == NO_EFFICIENCY or (
+            sort_efficiency.is_finite() and 0 <= sort_efficiency < 1000 and sort_efficiency == round(sort_efficiency, 4)
         )
-        return FleetCursor(int(insufficient), Decimal(efficiency), str(vehicle_id))
+        if insufficient not in (0, 1) or not valid_efficiency or not _DEVICE_ID.match(vehicle_id):
+            raise ValueError(text)
+        return FleetCursor(insufficient, sort_efficiency, vehicle_id)
     except (ValueError, TypeError, binascii.Error, InvalidOperation, msgspec.DecodeError):
         raise Problem(
             400, "`cursor` is not one this service gave out", errors=[{"field": "cursor", "reason": "malformed"}]
