@@ -291,7 +291,11 @@ ac AS (
     SELECT vehicle_id, sum(n)::bigint AS n, sum(kwh) AS kwh
     FROM ({" UNION ALL ".join(ac_parts) or empty_ac}) y(vehicle_id, n, kwh) GROUP BY vehicle_id
 ),
-linked AS (SELECT vehicle_id, array_agg(DISTINCT meter_id ORDER BY meter_id) AS meter_ids FROM segments GROUP BY 1),
+linked AS (  -- meters in the order the vehicle was linked to them, as in its performance report
+    SELECT vehicle_id, array_agg(meter_id ORDER BY first_linked) AS meter_ids
+    FROM (SELECT vehicle_id, meter_id, min(lo) AS first_linked FROM segments GROUP BY 1, 2) m
+    GROUP BY 1
+),
 fleet AS (
     -- Vehicles with readings in the window, or linked during it even if they never reported.
     SELECT coalesce(d.vehicle_id, linked.vehicle_id) AS vehicle_id, coalesce(linked.meter_ids, '{{}}') AS meter_ids,

@@ -17,7 +17,8 @@ from energy_ingest.problems import Problem
 from energy_ingest.services import ServicesDep
 
 MAX_LIMIT = 1000
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+MAX_STALE = timedelta(days=3650)
+_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 Limit = Annotated[int, QueryParameter(description="Devices per page, 1–1000")]
@@ -48,7 +49,10 @@ def _silent_since(stale: str | None) -> datetime | None:
             "`stale` must be a duration such as 90s, 10m, 2h or 1d",
             errors=[{"field": "stale", "reason": "not a duration"}],
         )
-    return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    silence = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if silence > MAX_STALE:
+        raise Problem(400, "`stale` may be at most 3650 days", errors=[{"field": "stale", "reason": "too long"}])
+    return datetime.now(UTC) - silence
 
 
 def _limit(limit: int) -> int:
