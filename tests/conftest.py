@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,12 @@ from typing import Any
 import psycopg
 import pytest
 from litestar.testing import TestClient
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from energy_ingest.app import create_app
 from energy_ingest.config import Settings
 from energy_ingest.db.embedded import EmbeddedPostgres
 from energy_ingest.db.migrations import apply_migrations
+from energy_ingest.db.scratch import create_database, drop_database
 
 CLEAN = (
     "TRUNCATE meter_readings, vehicle_readings, meter_hourly, vehicle_hourly,"
@@ -35,15 +34,10 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not server_url:
         embedded = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"))
         server_url = embedded.url
-    name = f"energy_ingest_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(server_url) | {"dbname": name}
-    url = make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
+    url, name = create_database(server_url, "energy_ingest_test")
     asyncio.run(apply_migrations(url))
     yield url
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(server_url, name)
 
 
 @pytest.fixture

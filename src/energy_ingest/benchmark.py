@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,12 +26,12 @@ from typing import Any
 import msgspec
 import psutil
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from energy_ingest import __version__, analytics_benchmark
 from energy_ingest.db.embedded import EmbeddedPostgres
 from energy_ingest.db.migrations import apply_migrations
 from energy_ingest.db.partitions import PartitionKeeper
+from energy_ingest.db.scratch import create_database, drop_database
 
 
 @dataclass
@@ -259,17 +258,12 @@ class _FreshDatabase:
         else:
             embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="energy-ingest-bench-")))
             admin = embedded.url
-        name = f"energy_ingest_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        params = conninfo_to_dict(admin) | {"dbname": name}
-        url = make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})
+        url, name = create_database(admin, "energy_ingest_bench")
         asyncio.run(apply_migrations(url))
         return cls(admin, url, name, embedded)
 
     def drop(self) -> None:
-        with psycopg.connect(self.admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        drop_database(self.admin, self.name)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
