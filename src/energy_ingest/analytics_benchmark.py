@@ -20,6 +20,7 @@ import psycopg
 
 from energy_ingest.analytics import fleet, service
 from energy_ingest.analytics.queries import Statement
+from energy_ingest.db.partitions import compact_closed_days
 from energy_ingest.db.pool import Conn
 from energy_ingest.simulate.fleet import FleetConfig, iso
 from energy_ingest.simulate.runner import run as simulate
@@ -90,6 +91,11 @@ def _plan_summary(url: str, build: Any) -> list[str]:
     return asyncio.run(explain())
 
 
+async def _compact(url: str, now: datetime) -> list[str]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await compact_closed_days(conn, now.date())
+
+
 def run(url: str, base: str, devices: int, days: int, queries: int, concurrency: int) -> dict[str, Any]:
     now = datetime.now(UTC)
     start = (now - timedelta(days=days)).replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -107,6 +113,7 @@ def run(url: str, base: str, devices: int, days: int, queries: int, concurrency:
     load_seconds = time.perf_counter() - began
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")  # what autovacuum does by itself a little later
+    compacted = asyncio.run(_compact(url, now))  # what the service's hourly upkeep does for ended days
     rng = random.Random(1)
     ids = [f"EV-{rng.randrange(1, devices + 1):05d}" for _ in range(queries)]
     month = f"from={iso(now - timedelta(days=30))}&to={iso(now)}"
@@ -135,6 +142,7 @@ def run(url: str, base: str, devices: int, days: int, queries: int, concurrency:
         "readings_loaded": summary.accepted,
         "load_seconds": round(load_seconds, 1),
         "load_readings_per_s": round(summary.accepted / load_seconds),
+        "compacted": compacted,
         "timings": timings,
         "storage": _storage(url),
         "plans": {
@@ -159,7 +167,9 @@ def render(result: dict[str, Any]) -> list[str]:
         f"Written by `energy-ingest bench --analytics` on {result['date']}: {result['days']} days of "
         f"{result['devices']:,} meters and {result['devices']:,} vehicles at one reading a minute, "
         f"{result['readings_loaded']:,} readings loaded through the HTTP API by the simulator's backfill in "
-        f"{result['load_seconds']:,} s ({result['load_readings_per_s']:,} readings/s). Latency over HTTP, sequential.",
+        f"{result['load_seconds']:,} s ({result['load_readings_per_s']:,} readings/s), then `VACUUM ANALYZE` (as "
+        "autovacuum would) and the service's compaction of ended days "
+        f"({', '.join(result.get('compacted', [])) or 'none'}). Latency over HTTP, sequential.",
         "",
         "| query | p50 | p99 | max | samples |",
         "|---|---|---|---|---|",

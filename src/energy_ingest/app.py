@@ -16,7 +16,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from energy_ingest import __version__
 from energy_ingest.analytics.routes import fleet_report, meter_analytics, vehicle_performance
 from energy_ingest.config import Settings
-from energy_ingest.db.partitions import drop_expired
+from energy_ingest.db.partitions import compact_closed_days, drop_expired
 from energy_ingest.db.pool import open_pool
 from energy_ingest.health import health, ready
 from energy_ingest.ingest.fast import IngestFastPath
@@ -35,7 +35,8 @@ PARTITION_UPKEEP_S = 3600.0
 
 
 async def _keep_partitions(services: Services) -> None:
-    """Hour after hour: create the coming days' partitions ahead of time, drop those past retention."""
+    """Hour after hour: create the coming days' partitions ahead of time, drop those past retention,
+    compact the indexes of days that have ended."""
     settings = services.settings
     while True:
         try:
@@ -46,6 +47,10 @@ async def _keep_partitions(services: Services) -> None:
             if dropped:
                 services.writer.partitions.forget()
                 log.info("retention dropped %d partitions: %s", len(dropped), ", ".join(dropped))
+            async with services.pool.connection() as conn:
+                compacted = await compact_closed_days(conn, today)
+            if compacted:
+                log.info("compacted the indexes of %s", ", ".join(compacted))
         except Exception as exc:
             log.warning("partition upkeep failed, will retry: %s", exc)
         await asyncio.sleep(PARTITION_UPKEEP_S)

@@ -10,6 +10,9 @@ from psycopg import sql
 from energy_ingest.db.pool import Conn
 
 PARTITIONED = ("meter_readings", "vehicle_readings", "meter_hourly", "vehicle_hourly")
+# A rollup row is updated by every flush of its hour (up to 60 times a device-hour): room on the
+# page keeps those updates HOT, and pruning then reclaims the old versions in place.
+STORAGE = {"meter_hourly": "WITH (fillfactor = 50)", "vehicle_hourly": "WITH (fillfactor = 50)"}
 # Kept ready before readings arrive: yesterday (late readings) to the day after tomorrow.
 DAYS_BEHIND = 1
 DAYS_AHEAD = 2
@@ -48,12 +51,14 @@ class PartitionKeeper:
             for day in todo:
                 await conn.execute(
                     sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {part} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})"
+                        "CREATE TABLE IF NOT EXISTS {part} PARTITION OF {table}"
+                        " FOR VALUES FROM ({lo}) TO ({hi}) {storage}"
                     ).format(
                         part=sql.Identifier(partition_name(table, day)),
                         table=sql.Identifier(table),
                         lo=sql.Literal(_utc(day)),
                         hi=sql.Literal(_utc(day + timedelta(days=1))),
+                        storage=sql.SQL(STORAGE.get(table, "")),
                     )
                 )
         self._known[table].update(todo)
@@ -102,7 +107,50 @@ async def drop_expired(conn: Conn, today: date, raw_days: int, rollup_days: int)
                     )
                 )
                 await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                await conn.execute("DELETE FROM compacted_partitions WHERE name = %s", [name])
                 dropped.append(name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", [_RETENTION_LOCK])
     return dropped
+
+
+_COMPACTION_LOCK = 0x636F6D70
+_UNCOMPACTED_PARTITIONS = """
+SELECT c.relname FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class p ON p.oid = i.inhparent
+WHERE p.relname = %s AND c.relname NOT IN (SELECT name FROM compacted_partitions)
+ORDER BY c.relname
+"""
+
+
+async def compact_closed_days(conn: Conn, today: date) -> list[str]:
+    """Rebuild the indexes of raw partitions whose day has ended, once each.
+
+    Readings arrive in time order, so their (device, time) index splits pages half full all day;
+    rebuilt once the day is over, it packs them (about 41 → 30 bytes per reading).
+    REINDEX … CONCURRENTLY lets late readings into that day go on meanwhile.
+    """
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [_COMPACTION_LOCK])
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return []
+    done: list[str] = []
+    try:
+        for table in ("meter_readings", "vehicle_readings"):
+            cur = await conn.execute(
+                _LIST_PARTITIONS.replace(
+                    "ORDER BY", "AND c.relname NOT IN (SELECT name FROM compacted_partitions) ORDER BY"
+                ),
+                [table],
+            )
+            for (name,) in await cur.fetchall():
+                suffix = name.removeprefix(f"{table}_")
+                if not (len(suffix) == 8 and suffix.isdigit()) or datetime.strptime(suffix, "%Y%m%d").date() >= today:
+                    continue
+                await conn.execute(sql.SQL("REINDEX TABLE CONCURRENTLY {}").format(sql.Identifier(name)))
+                await conn.execute("INSERT INTO compacted_partitions (name) VALUES (%s) ON CONFLICT DO NOTHING", [name])
+                done.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", [_COMPACTION_LOCK])
+    return done
