@@ -115,17 +115,20 @@ async def drop_expired(conn: Conn, today: date, raw_days: int, rollup_days: int)
 
 
 _COMPACTION_LOCK = 0x636F6D70
+# Partitions never compacted, or grown by more than a tenth since (a backfill into an ended day).
 _UNCOMPACTED_PARTITIONS = """
 SELECT c.relname FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 JOIN pg_class p ON p.oid = i.inhparent
-WHERE p.relname = %s AND c.relname NOT IN (SELECT name FROM compacted_partitions)
+LEFT JOIN compacted_partitions d ON d.name = c.relname
+WHERE p.relname = %s AND pg_relation_size(c.oid) > 0
+  AND (d.name IS NULL OR pg_relation_size(c.oid) > d.heap_bytes * 1.1)
 ORDER BY c.relname
 """
 
 
 async def compact_closed_days(conn: Conn, today: date) -> list[str]:
-    """Rebuild the indexes of raw partitions whose day has ended, once each.
+    """Rebuild the indexes of raw partitions whose day has ended: once, and again after a backfill.
 
     Readings arrive in time order, so their (device, time) index splits pages half full all day;
     rebuilt once the day is over, it packs them (about 41 → 30 bytes per reading).
@@ -138,18 +141,18 @@ async def compact_closed_days(conn: Conn, today: date) -> list[str]:
     done: list[str] = []
     try:
         for table in ("meter_readings", "vehicle_readings"):
-            cur = await conn.execute(
-                _LIST_PARTITIONS.replace(
-                    "ORDER BY", "AND c.relname NOT IN (SELECT name FROM compacted_partitions) ORDER BY"
-                ),
-                [table],
-            )
+            cur = await conn.execute(_UNCOMPACTED_PARTITIONS, [table])
             for (name,) in await cur.fetchall():
                 suffix = name.removeprefix(f"{table}_")
                 if not (len(suffix) == 8 and suffix.isdigit()) or datetime.strptime(suffix, "%Y%m%d").date() >= today:
                     continue
                 await conn.execute(sql.SQL("REINDEX TABLE CONCURRENTLY {}").format(sql.Identifier(name)))
-                await conn.execute("INSERT INTO compacted_partitions (name) VALUES (%s) ON CONFLICT DO NOTHING", [name])
+                await conn.execute(
+                    "INSERT INTO compacted_partitions (name, heap_bytes)"
+                    " VALUES (%(name)s, pg_relation_size(%(relation)s::regclass))"
+                    " ON CONFLICT (name) DO UPDATE SET heap_bytes = EXCLUDED.heap_bytes, compacted_at = now()",
+                    {"name": name, "relation": name},
+                )
                 done.append(name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", [_COMPACTION_LOCK])

@@ -14,5 +14,6 @@ END $$;
 -- Raw partitions whose indexes were rebuilt after their day ended (see compact_closed_days).
 CREATE TABLE compacted_partitions (
     name         text        PRIMARY KEY,
+    heap_bytes   bigint      NOT NULL,  -- its size then: grown well past it, it is compacted again
     compacted_at timestamptz NOT NULL DEFAULT now()
 );
