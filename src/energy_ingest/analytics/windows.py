@@ -38,10 +38,6 @@ class Cover:
     raw: list[Range] = field(default_factory=list)
     widened: bool = False  # rounded out to whole hours where raw rows are past retention
 
-    @property
-    def empty(self) -> bool:
-        return not self.hours and not self.raw
-
 
 def merge(ranges: Iterable[Range]) -> list[Range]:
     merged: list[Range] = []

@@ -1,8 +1,9 @@
-"""SQL reads of `meter_live_status` and `vehicle_live_status`."""
+"""SQL reads of `meter_live_status` and `vehicle_live_status`: one device, or a page of them."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from energy_ingest.db.pool import Pool
 from energy_ingest.telemetry.readings import MeterReading, VehicleReading
@@ -16,38 +17,32 @@ class VehicleLive(VehicleReading, kw_only=True):
     received_at: datetime
 
 
+_METERS = (
+    "SELECT m.meter_id, l.ts, l.received_at, l.kwh_consumed_ac, l.voltage"
+    " FROM meters m JOIN meter_live_status l USING (meter_key)"
+)
+_VEHICLES = (
+    "SELECT v.vehicle_id, l.ts, l.received_at, l.kwh_delivered_dc, l.soc, l.battery_temp"
+    " FROM vehicles v JOIN vehicle_live_status l USING (vehicle_key)"
+)
+# A page: ids after the cursor; with `since`, only devices whose newest reading is older.
+_PAGE = " WHERE {id} > %(after)s AND (%(since)s::timestamptz IS NULL OR l.ts < %(since)s) ORDER BY {id} LIMIT %(limit)s"
+
+
 def _f4(value: float) -> float:
     """Values stored as `real` come back with float noise; 7 significant digits is what they hold."""
     return float(f"{value:.7g}")
 
 
-async def meter(pool: Pool, meter_id: str) -> MeterLive | None:
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT l.ts, l.received_at, l.kwh_consumed_ac, l.voltage"
-            " FROM meter_live_status l JOIN meters m USING (meter_key) WHERE m.meter_id = %s",
-            [meter_id],
-        )
-        row = await cur.fetchone()
-    if row is None:
-        return None
-    ts, received_at, kwh, voltage = row
+def _meter(row: tuple[Any, ...]) -> MeterLive:
+    meter_id, ts, received_at, kwh, voltage = row
     return MeterLive(
         meter_id=meter_id, kwh_consumed_ac=kwh, voltage=_f4(voltage), timestamp=ts, received_at=received_at
     )
 
 
-async def vehicle(pool: Pool, vehicle_id: str) -> VehicleLive | None:
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT l.ts, l.received_at, l.kwh_delivered_dc, l.soc, l.battery_temp"
-            " FROM vehicle_live_status l JOIN vehicles v USING (vehicle_key) WHERE v.vehicle_id = %s",
-            [vehicle_id],
-        )
-        row = await cur.fetchone()
-    if row is None:
-        return None
-    ts, received_at, kwh, soc, temp = row
+def _vehicle(row: tuple[Any, ...]) -> VehicleLive:
+    vehicle_id, ts, received_at, kwh, soc, temp = row
     return VehicleLive(
         vehicle_id=vehicle_id,
         kwh_delivered_dc=kwh,
@@ -58,37 +53,27 @@ async def vehicle(pool: Pool, vehicle_id: str) -> VehicleLive | None:
     )
 
 
-async def meters(pool: Pool, limit: int, after: str | None, silent_since: datetime | None) -> list[MeterLive]:
-    """Meters by id after `after`; with `silent_since`, only those whose newest reading is older."""
+async def _rows(pool: Pool, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT m.meter_id, l.ts, l.received_at, l.kwh_consumed_ac, l.voltage"
-            " FROM meters m JOIN meter_live_status l USING (meter_key)"
-            " WHERE m.meter_id > %(after)s AND (%(since)s::timestamptz IS NULL OR l.ts < %(since)s)"
-            " ORDER BY m.meter_id LIMIT %(limit)s",
-            {"after": after or "", "since": silent_since, "limit": limit},
-        )
-        rows = await cur.fetchall()
-    return [
-        MeterLive(meter_id=i, kwh_consumed_ac=kwh, voltage=_f4(v), timestamp=ts, received_at=at)
-        for i, ts, at, kwh, v in rows
-    ]
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def meter(pool: Pool, meter_id: str) -> MeterLive | None:
+    rows = await _rows(pool, _METERS + " WHERE m.meter_id = %(id)s", {"id": meter_id})
+    return _meter(rows[0]) if rows else None
+
+
+async def vehicle(pool: Pool, vehicle_id: str) -> VehicleLive | None:
+    rows = await _rows(pool, _VEHICLES + " WHERE v.vehicle_id = %(id)s", {"id": vehicle_id})
+    return _vehicle(rows[0]) if rows else None
+
+
+async def meters(pool: Pool, limit: int, after: str | None, silent_since: datetime | None) -> list[MeterLive]:
+    params = {"after": after or "", "since": silent_since, "limit": limit}
+    return [_meter(row) for row in await _rows(pool, _METERS + _PAGE.format(id="m.meter_id"), params)]
 
 
 async def vehicles(pool: Pool, limit: int, after: str | None, silent_since: datetime | None) -> list[VehicleLive]:
-    """Vehicles by id after `after`; with `silent_since`, only those whose newest reading is older."""
-    async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT v.vehicle_id, l.ts, l.received_at, l.kwh_delivered_dc, l.soc, l.battery_temp"
-            " FROM vehicles v JOIN vehicle_live_status l USING (vehicle_key)"
-            " WHERE v.vehicle_id > %(after)s AND (%(since)s::timestamptz IS NULL OR l.ts < %(since)s)"
-            " ORDER BY v.vehicle_id LIMIT %(limit)s",
-            {"after": after or "", "since": silent_since, "limit": limit},
-        )
-        rows = await cur.fetchall()
-    return [
-        VehicleLive(
-            vehicle_id=i, kwh_delivered_dc=kwh, soc=_f4(soc), battery_temp=_f4(temp), timestamp=ts, received_at=at
-        )
-        for i, ts, at, kwh, soc, temp in rows
-    ]
+    params = {"after": after or "", "since": silent_since, "limit": limit}
+    return [_vehicle(row) for row in await _rows(pool, _VEHICLES + _PAGE.format(id="v.vehicle_id"), params)]

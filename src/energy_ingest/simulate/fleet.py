@@ -113,10 +113,6 @@ class GroundTruth:
     late: int
 
     @property
-    def unique_readings(self) -> int:
-        return self.meter_readings + self.vehicle_readings
-
-    @property
     def faulty(self) -> tuple[VehicleTruth, ...]:
         return tuple(v for v in self.vehicles if v.faulty)
 

@@ -46,6 +46,3 @@ class VehicleReading(msgspec.Struct, kw_only=True, rename="camel", forbid_unknow
     kwh_delivered_dc: Energy
     battery_temp: BatteryTemp
     timestamp: Timestamp
-
-
-Reading = MeterReading | VehicleReading
