@@ -25,6 +25,17 @@ class Settings:
     rollup_retention_days: int = 1825
     body_limit_bytes: int = 8 * 1024 * 1024
     max_readings_per_request: int = 10_000
+    # plausible ranges of a reading
+    max_interval_kwh: float = 100.0
+    # bounded resources, per worker
+    max_pending_requests: int = 10_000
+    inflight_body_bytes: int = 64 * 1024 * 1024
+    max_connections: int = 1_000
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_timeout_s: float = 5.0
+    # embedded server: the unprivileged user it runs as when started by root
+    embedded_user: str = "nobody"
     # group-commit writer
     flush_max_readings: int = 5_000
     flush_interval_ms: float = 5.0
@@ -66,6 +77,16 @@ class Settings:
             ),
             (self.body_limit_bytes >= 1024, "BODY_LIMIT_BYTES must be >= 1024"),
             (self.max_readings_per_request >= 1, "MAX_READINGS_PER_REQUEST must be >= 1"),
+            (0 < self.max_interval_kwh <= 1e6, "MAX_INTERVAL_KWH must be in (0, 1e6]"),
+            (self.max_pending_requests >= 1, "MAX_PENDING_REQUESTS must be >= 1"),
+            (
+                self.inflight_body_bytes >= self.body_limit_bytes,
+                "INFLIGHT_BODY_BYTES must be >= BODY_LIMIT_BYTES",
+            ),
+            (self.max_connections >= 1, "MAX_CONNECTIONS must be >= 1"),
+            (self.header_timeout_s > 0, "HEADER_TIMEOUT_S must be > 0"),
+            (self.body_timeout_s > 0, "BODY_TIMEOUT_S must be > 0"),
+            (self.keep_alive_timeout_s > 0, "KEEP_ALIVE_TIMEOUT_S must be > 0"),
             (self.flush_max_readings >= 1, "FLUSH_MAX_READINGS must be >= 1"),
             (self.flush_interval_ms >= 0, "FLUSH_INTERVAL_MS must be >= 0"),
             (self.writer_concurrency >= 1, "WRITER_CONCURRENCY must be >= 1"),
