@@ -44,7 +44,14 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def db(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     """A direct connection, to check what the service really stored; tables start empty."""
     with psycopg.connect(database_url, autocommit=True, options="-c TimeZone=UTC") as conn:
-        conn.execute(CLEAN)
+        for attempt in range(5):
+            try:
+                conn.execute(CLEAN)
+                break
+            except psycopg.errors.DeadlockDetected:
+                # The service's index upkeep (REINDEX CONCURRENTLY at start) can cross a TRUNCATE.
+                if attempt == 4:
+                    raise
         yield conn
 
 

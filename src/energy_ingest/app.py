@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 
 from energy_ingest import __version__
 from energy_ingest.analytics.routes import fleet_report, meter_analytics, vehicle_performance
@@ -26,6 +26,7 @@ from energy_ingest.links.routes import delete_link, get_link, put_link
 from energy_ingest.live.lists import meters_live, vehicles_live
 from energy_ingest.live.routes import meter_live, vehicle_live
 from energy_ingest.metrics import QUEUE, FlushMetrics, count_requests, metrics_endpoint
+from energy_ingest.openapi import swagger_assets, swagger_plugin
 from energy_ingest.problems import make_handlers
 from energy_ingest.services import Services, get_services
 
@@ -75,6 +76,7 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
             flush_interval_ms=settings.flush_interval_ms,
             concurrency=settings.writer_concurrency,
             max_pending_readings=settings.max_pending_readings,
+            max_pending_requests=settings.max_pending_requests,
             copy_threshold=settings.copy_threshold_readings,
             observer=FlushMetrics(),
         )
@@ -109,6 +111,7 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
             health,
             ready,
             metrics_endpoint,
+            swagger_assets(),
         ],
         middleware=[count_requests],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
@@ -118,9 +121,10 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
         openapi_config=OpenAPIConfig(
             title="energy-ingest",
             version=__version__,
-            description="Smart-meter and EV telemetry ingestion and energy analytics on PostgreSQL.",
+            description="Smart-meter and EV telemetry ingestion and energy analytics on PostgreSQL. "
+            "Every error is `application/problem+json` (RFC 9457).",
             path="/",
-            render_plugins=[JsonRenderPlugin(path="/openapi.json"), SwaggerRenderPlugin(path="/docs")],
+            render_plugins=[JsonRenderPlugin(path="/openapi.json"), swagger_plugin("/docs")],
         ),
         debug=False,
     )

@@ -45,6 +45,9 @@ FLUSH_SECONDS = Histogram(
 QUEUE = Gauge("energy_ingest_queue_readings", "Readings accepted and not yet committed", multiprocess_mode="livesum")
 REJECTED = Counter("energy_ingest_rejected_requests", "Ingest requests answered 429 because the queue was full")
 DB_ERRORS = Counter("energy_ingest_database_errors", "Requests or flushes that failed on the database")
+CONFLICTS = Counter(
+    "energy_ingest_write_conflicts", "Flush attempts that lost a lock race (deadlock, serialization) and ran again"
+)
 
 
 def registry() -> CollectorRegistry:
@@ -57,7 +60,13 @@ def registry() -> CollectorRegistry:
     return REGISTRY
 
 
-@get("/metrics", tags=["health"], summary="Prometheus metrics (all workers)", include_in_schema=True)
+@get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics (all workers)",
+    media_type="text/plain",
+    response_description="Prometheus text exposition format",
+)
 async def metrics_endpoint() -> Response[bytes]:
     return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
 
@@ -93,6 +102,9 @@ class FlushMetrics:
 
     def failed(self, requests: int, exc: BaseException) -> None:
         DB_ERRORS.inc()
+
+    def conflicted(self) -> None:
+        CONFLICTS.inc()
 
     def _summarise(self, now: float) -> None:
         elapsed = now - self._window_start

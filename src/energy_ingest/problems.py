@@ -10,7 +10,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from energy_ingest.ingest.writer import DB_UNAVAILABLE, DatabaseUnavailable, Overloaded
+from energy_ingest.ingest.writer import DatabaseUnavailable, Overloaded, WriteConflict, is_unavailable
 from energy_ingest.metrics import DB_ERRORS, REJECTED
 
 log = logging.getLogger("energy_ingest.api")
@@ -81,7 +81,15 @@ def to_problem(exc: Exception, retry_after_s: int) -> Problem:
             "The ingest queue is full; nothing of this request was accepted. Retry after the given delay.",
             headers={"Retry-After": "1"},
         )
-    if isinstance(exc, (DatabaseUnavailable, *DB_UNAVAILABLE)):
+    if isinstance(exc, WriteConflict):
+        log.error("write conflict after every retry: %s", exc)
+        return Problem(
+            503,
+            "Concurrent writes kept conflicting; nothing of this request was stored. Retry after the given delay.",
+            title="Write conflict",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, DatabaseUnavailable) or is_unavailable(exc):
         log.warning("database unavailable: %s", exc)
         DB_ERRORS.inc()
         return Problem(

@@ -150,7 +150,7 @@ def test_full_queue_answers_429_and_loses_no_accepted_reading(
         row = db.execute(
             # The writer's statement (pg_stat_activity keeps its first 1 kB, where the insert stands).
             "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO meter_readings%'"
+            " WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO meter_%'"
         ).fetchone()
         if row == (1,):
             break

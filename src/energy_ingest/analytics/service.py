@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -123,9 +123,13 @@ def resolve_window(
     return Window(start, end, bucket, zone, raw_from)  # type: ignore[arg-type]
 
 
+# Wide enough for any sum of stored float8 values: rounding never raises, whatever was stored.
+_ROUNDING = Context(prec=1000, rounding=ROUND_HALF_UP)
+
+
 def _round(value: Decimal, places: int) -> float:
     # Half away from zero, as PostgreSQL's round(numeric) does, so every report rounds alike.
-    return float(value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+    return float(value.quantize(Decimal(1).scaleb(-places), context=_ROUNDING))
 
 
 def round_kwh(value: Decimal) -> float:

@@ -1,9 +1,9 @@
 """Write SQL: insert new readings into the cold table (dedupe), add them to their hourly
 rollups, and upsert the hot store.
 
-Two ways in, chosen per flush by the writer, with the same statements:
-- small flushes: one statement, rows passed as one JSON parameter (a single round trip, no
-  explicit transaction: a statement is atomic on its own);
+Two ways in, chosen per flush by the writer, with the same statements in the same order:
+- small flushes: rows passed as one JSON parameter per stream, the transaction sent as one
+  pipeline (a single round trip);
 - large flushes: binary COPY into a per-connection temporary staging table, then the
   statements read it, inside one transaction.
 Owns the writes of the reading, rollup and live-status tables.
@@ -45,6 +45,10 @@ class StreamSQL:
             f"{cold} AS ({self.insert_cold.format(source=source)}),\n"
             f"{self.kind}_roll AS ({self.rollup.format(cold=cold)})"
         )
+
+    def insert_and_roll(self, source: str) -> str:
+        """The cold insert and its rollup in one statement, returning the inserted (key, ts)."""
+        return f"WITH {self.cold_ctes(source)} SELECT {self.key}, ts FROM {self.kind}_cold"
 
     @property
     def stage(self) -> str:
@@ -143,43 +147,35 @@ SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, kwh_delivered_dc = EXC
 WHERE l.ts < EXCLUDED.ts""",
 )
 
+# The lock order of every write: streams in this order; within a stream the cold insert, then its
+# rollup, then the hot upsert; within each table rows sorted by (device key, ts or hour). Two
+# flushes that share rows therefore wait on each other in one direction only and cannot deadlock.
 STREAMS = (METER_SQL, VEHICLE_SQL)
 
 
-def _one_statement(streams: Sequence[StreamSQL]) -> str:
-    """Both writes of every stream as data-modifying CTEs: one round trip, atomic on its own."""
-    ctes = []
-    returns = []
-    for n, stream in enumerate(streams):
-        source = f"{stream.kind}_input"
-        ctes.append(f"{source} AS (SELECT * FROM {stream.recordset})")
-        ctes.append(stream.cold_ctes(source))
-        ctes.append(f"{stream.kind}_hot AS ({stream.upsert_hot.format(source=source)})")
-        returns.append(f"SELECT {n} AS stream, {stream.key}, ts FROM {stream.kind}_cold")
-    return "WITH " + ",\n".join(ctes) + "\n" + "\nUNION ALL ".join(returns)
-
-
-_ONE_STATEMENT = {
-    (True, False): _one_statement([METER_SQL]),
-    (False, True): _one_statement([VEHICLE_SQL]),
-    (True, True): _one_statement([METER_SQL, VEHICLE_SQL]),
-}
 _encode = msgspec.json.Encoder().encode
 
 
 async def write_inline(conn: Conn, rows: Sequence[list[tuple[Any, ...]]]) -> list[Keys]:
-    """Write (meter rows, vehicle rows) in one statement; return the new (key, ts) of each."""
-    present = tuple(bool(r) for r in rows)
-    params = [
-        _encode([dict(zip((n for n, _ in stream.columns), row, strict=True)) for row in stream_rows]).decode()
-        for stream, stream_rows in zip(STREAMS, rows, strict=True)
-        if stream_rows
-    ]
+    """Write (meter rows, vehicle rows) in one transaction sent as one pipeline; return the new
+    (key, ts) of each. Rows go as one JSON parameter per stream.
+
+    Statements run in the one lock order every write path keeps (see `STREAMS`).
+    """
     inserted: list[Keys] = [[], []]
-    kinds = [n for n, p in enumerate(present) if p]
-    cur = await conn.execute(_ONE_STATEMENT[(present[0], present[1])], params)
-    for stream, key, ts in await cur.fetchall():
-        inserted[kinds[stream]].append((key, ts))
+    cursors = []
+    async with conn.pipeline(), conn.transaction():
+        for n, (stream, stream_rows) in enumerate(zip(STREAMS, rows, strict=True)):
+            if not stream_rows:
+                continue
+            names = [name for name, _ in stream.columns]
+            param = _encode([dict(zip(names, row, strict=True)) for row in stream_rows]).decode()
+            cur = conn.cursor()
+            await cur.execute(stream.insert_and_roll(stream.recordset), [param])
+            await conn.execute(stream.upsert_hot.format(source=stream.recordset), [param])
+            cursors.append((n, cur))
+    for n, cur in cursors:
+        inserted[n] = await cur.fetchall()
     return inserted
 
 
@@ -196,7 +192,7 @@ async def write_staged(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, 
             copy.set_types([type_ for _, type_ in stream.columns])
             for row in rows:
                 await copy.write_row(row)
-        await cur.execute(f"WITH {stream.cold_ctes(stream.stage)} SELECT {stream.key}, ts FROM {stream.kind}_cold")
+        await cur.execute(stream.insert_and_roll(stream.stage))
         inserted: Keys = await cur.fetchall()
         await cur.execute(stream.upsert_hot.format(source=stream.stage))
     return inserted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -24,7 +25,11 @@ from energy_ingest.telemetry.decode import DecodedBatch
 log = logging.getLogger("energy_ingest.writer")
 
 DB_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+# Class 40 (deadlock, serialization failure) is an OperationalError to psycopg, but it says
+# nothing about the database being away: the transaction lost a race and is simply run again.
+CONFLICT = psycopg.errors.TransactionRollback
 _ATTEMPTS = 3
+_CONFLICT_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,15 @@ class Overloaded(Exception):
 
 class DatabaseUnavailable(Exception):
     """The transaction holding the request's readings could not commit: the database is unreachable."""
+
+
+class WriteConflict(Exception):
+    """The write kept losing lock races (deadlock or serialization) after every retry; nothing was stored."""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database is away or refuses work, as opposed to a lost race or a bad row."""
+    return isinstance(exc, DB_UNAVAILABLE) and not isinstance(exc, CONFLICT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,8 @@ class WriterObserver(Protocol):
     def flushed(self, stats: FlushStats) -> None: ...
 
     def failed(self, requests: int, exc: BaseException) -> None: ...
+
+    def conflicted(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -91,6 +107,7 @@ class GroupCommitWriter:
         flush_interval_ms: float,
         concurrency: int,
         max_pending_readings: int,
+        max_pending_requests: int = 10_000,
         copy_threshold: int = 1000,
         observer: WriterObserver | None = None,
     ) -> None:
@@ -98,6 +115,8 @@ class GroupCommitWriter:
         self._flush_max = flush_max_readings
         self._interval = flush_interval_ms / 1000
         self._max_pending = max_pending_readings
+        self._max_requests = max_pending_requests
+        self._pending_requests = 0  # queued + being written
         self._copy_threshold = copy_threshold
         self._slots = asyncio.Semaphore(concurrency)
         self._queue: deque[_Request] = deque()
@@ -135,11 +154,17 @@ class GroupCommitWriter:
     async def submit(self, batch: DecodedBatch) -> IngestResult:
         """Queue a request's readings; return once they are committed."""
         size = len(batch)
-        if self._closing or self._pending_readings + size > self._max_pending:
+        # Both bounds: many tiny requests cost memory and latency as surely as a few large ones.
+        if (
+            self._closing
+            or self._pending_readings + size > self._max_pending
+            or self._pending_requests >= self._max_requests
+        ):
             raise Overloaded
         loop = asyncio.get_running_loop()
         request = _Request(batch, datetime.now(UTC), loop.create_future(), loop.time())
         self._pending_readings += size
+        self._pending_requests += 1
         self._queued_readings += size
         self._queue.append(request)
         self._arrived.set()
@@ -193,11 +218,17 @@ class GroupCommitWriter:
             await self._flush_group(group)
         finally:
             self._pending_readings -= sum(r.size for r in group)
+            self._pending_requests -= len(group)
 
     async def _flush_group(self, group: list[_Request]) -> None:
         started = asyncio.get_running_loop().time()
         try:
             results, stats = await self._write(group)
+        except CONFLICT as exc:
+            log.error("flush of %d requests lost %d lock races in a row: %s", len(group), _CONFLICT_ATTEMPTS, exc)
+            if self._observer is not None:
+                self._observer.failed(len(group), exc)
+            self._fail(group, WriteConflict(str(exc)))
         except DB_UNAVAILABLE as exc:
             log.warning("flush of %d requests failed, database unavailable: %s", len(group), exc)
             if self._observer is not None:
@@ -233,24 +264,30 @@ class GroupCommitWriter:
                 self._prepared.add(conn)
             meters = await self._rows(conn, group, METERS)
             vehicles = await self._rows(conn, group, VEHICLES)
-            for attempt in range(1, _ATTEMPTS + 1):
+            conflicts = repairs = 0
+            while True:
                 try:
                     return await self._commit(conn, group, meters, vehicles)
-                except psycopg.errors.DeadlockDetected:
-                    # The CTEs of one statement lock tables in no fixed order; the loser just runs again.
-                    if attempt == _ATTEMPTS:
+                except CONFLICT:
+                    # Writes take locks in one order (repository.STREAMS), so this should not happen;
+                    # if it does (another client's writes, say), the loser runs again after a jittered pause.
+                    conflicts += 1
+                    if conflicts == _CONFLICT_ATTEMPTS:
                         raise
-                    log.info("flush chosen as deadlock victim; retrying")
+                    if self._observer is not None:
+                        self._observer.conflicted()
+                    log.warning("flush lost a lock race (%d of %d); retrying", conflicts, _CONFLICT_ATTEMPTS)
+                    await asyncio.sleep(random.uniform(0, 0.005 * 2**conflicts))
                 except psycopg.errors.CheckViolation as exc:
                     # A partition this process believed in was dropped (retention): recreate and retry.
-                    if "no partition" not in str(exc) or attempt == _ATTEMPTS:
+                    repairs += 1
+                    if "no partition" not in str(exc) or repairs == _ATTEMPTS:
                         raise
                     self._partitions.forget()
                     for stream, rows in ((METERS, meters), (VEHICLES, vehicles)):
                         days = {day_of(row[2]) for row in rows}
                         await self._partitions.ensure(conn, stream.table, days)
                         await self._partitions.ensure(conn, stream.rollup_table, days)
-            raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _commit(
         self, conn: Conn, group: list[_Request], meters: list[tuple[Any, ...]], vehicles: list[tuple[Any, ...]]
