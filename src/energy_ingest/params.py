@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
@@ -13,6 +14,10 @@ from energy_ingest.problems import Problem
 from energy_ingest.telemetry.readings import DEVICE_ID_PATTERN
 
 _INSTANT = msgspec.json.Decoder(datetime)
+# Instants a window may touch: wide for any fleet, narrow enough that no bucket or zone arithmetic overflows.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 # A '+' in a query string arrives as a space unless the client encoded it.
 _SPACED_OFFSET = re.compile(r" (\d{2}:\d{2})$")
 
@@ -30,7 +35,31 @@ def parse_instant(name: str, value: str) -> datetime:
             f"`{name}` must be an RFC 3339 timestamp with `Z` or an offset, e.g. 2026-02-08T10:00:00Z",
             errors=[{"field": name, "reason": "not an RFC 3339 timestamp with a time zone"}],
         )
+    if not EARLIEST <= instant < LATEST:
+        raise Problem(
+            400,
+            f"`{name}` must lie between 1970-01-01 and 3000-01-01",
+            errors=[{"field": name, "reason": "outside 1970-01-01 to 3000-01-01"}],
+        )
     return instant
+
+
+def parse_device_cursor(name: str, value: str | None) -> str | None:
+    """A cursor that is a device id (the last id of the previous page), or a 400 naming the parameter."""
+    if value is not None and not _DEVICE_ID.match(value):
+        raise Problem(
+            400,
+            f"`{name}` must be the `nextCursor` of a previous page",
+            errors=[{"field": name, "reason": "not a cursor given out by this service"}],
+        )
+    return value
+
+
+def parse_finite(name: str, value: float | None) -> float | None:
+    """A finite query number, or a 400 naming the parameter (NaN and infinities mean nothing here)."""
+    if value is not None and not math.isfinite(value):
+        raise Problem(400, f"`{name}` must be a finite number", errors=[{"field": name, "reason": "not finite"}])
+    return value
 
 
 def _device_id(name: str) -> PathParameter:

@@ -58,11 +58,19 @@ def problem_response(problem: Problem) -> Response[bytes]:
     )
 
 
+def _api_name(key: str) -> str:
+    """The parameter as clients name it: Litestar reports the handler's argument (`min_ac_kwh`, `from_`)."""
+    head, *rest = key.rstrip("_").split("_")
+    return head + "".join(part.title() for part in rest)
+
+
 def _from_http(exc: HTTPException) -> Problem:
     errors = None
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
         errors = [
-            {"field": e.get("key", "?"), "reason": e.get("message", "")} for e in exc.extra if isinstance(e, dict)
+            {"field": _api_name(str(e.get("key", "?"))), "reason": e.get("message", "")}
+            for e in exc.extra
+            if isinstance(e, dict)
         ]
     detail = exc.detail or HTTPStatus(exc.status_code).phrase
     return Problem(exc.status_code, detail, errors=errors, headers=exc.headers or None)

@@ -6,6 +6,7 @@ decode reading by reading, so that the answer can list every bad reading.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -14,6 +15,8 @@ from typing import Literal
 import msgspec
 
 from energy_ingest.telemetry.readings import (
+    DEFAULT_MAX_INTERVAL_KWH,
+    MIN_MAGNITUDE,
     BatteryTemp,
     DeviceId,
     Energy,
@@ -58,6 +61,7 @@ class Rules:
     max_readings: int
     max_future_skew: timedelta
     max_backfill: timedelta
+    max_interval_kwh: float = DEFAULT_MAX_INTERVAL_KWH
 
 
 @dataclass(slots=True)
@@ -104,7 +108,7 @@ def decode_json(body: bytes, rules: Rules, now: datetime) -> DecodedBatch:
     except msgspec.DecodeError as exc:
         raise BodyError(400, "Malformed JSON", f"The body is not valid JSON: {exc}") from None
     if items is not None:
-        return _validate(items, rules, now, lines=None)
+        return _validate(items, rules, now, lines=None, body=body)
     raws = _split_json(body, single)
     return _decode_one_by_one(raws, rules, now, lines=None)
 
@@ -125,11 +129,13 @@ def decode_ndjson(body: bytes, rules: Rules, now: datetime) -> DecodedBatch:
         items = None
     # A line holding two objects would also pass the joined decode; the count catches it.
     if items is not None and len(items) == len(raws):
-        return _validate(items, rules, now, lines=lines)
+        return _validate(items, rules, now, lines=lines, body=body)
     return _decode_one_by_one(raws, rules, now, lines=lines)
 
 
-def _split_json(body: bytes, single: bool) -> list[bytes]:
+def _split_json(body: bytes, single: bool | None) -> list[bytes]:
+    if single is None:
+        single = body.lstrip()[:1] == b"{"
     if single:
         return [body]
     try:
@@ -152,7 +158,45 @@ def _decode_one_by_one(raws: list[bytes], rules: Rules, now: datetime, lines: li
             items.append(None)
             name, reason = _explain(exc)
             errors.append(ReadingError(index, name, reason, lines[index] if lines else None))
+            continue
+        repeated = _repeated_key(raw)
+        if repeated is not None:
+            items[-1] = None
+            errors.append(ReadingError(index, repeated, "appears more than once in the reading", _line(lines, index)))
     return _validate(items, rules, now, lines=lines, errors=errors)
+
+
+def _line(lines: list[int] | None, index: int) -> int | None:
+    return lines[index] if lines else None
+
+
+# A JSON string; what is left of a body without its strings has a colon for each object key.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+def _key_count(body: bytes) -> int:
+    if b"\\" in body:  # escapes: a quote may stand inside a string
+        return _STRING.sub(b"", body).count(b":")
+    return b"".join(body.split(b'"')[0::2]).count(b":")  # every other piece lies outside strings
+
+
+def _repeated_key(raw: bytes) -> str | None:
+    """The first key that a JSON object holds twice (msgspec keeps the last silently), or None."""
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not found:
+                found.append(key)
+            seen.add(key)
+        return {}
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except ValueError:
+        return None
+    return found[0] if found else None
 
 
 def _check_count(count: int, rules: Rules) -> None:
@@ -170,6 +214,7 @@ def _validate(
     now: datetime,
     lines: list[int] | None,
     errors: list[ReadingError] | None = None,
+    body: bytes | None = None,
 ) -> DecodedBatch:
     _check_count(len(items), rules)
     if not items:
@@ -178,21 +223,40 @@ def _validate(
     latest = now + rules.max_future_skew
     earliest = now - rules.max_backfill
     batch = DecodedBatch()
+    keys = 0  # the keys the valid readings hold, to find keys given twice
     for index, item in enumerate(items):
         if item is None:
             continue
         found = _check(item, latest, earliest, rules)
         if isinstance(found, list):
-            line = lines[index] if lines else None
-            errors.extend(ReadingError(index, name, reason, line) for name, reason in found)
-        elif isinstance(found, MeterReading):
+            errors.extend(ReadingError(index, name, reason, _line(lines, index)) for name, reason in found)
+            continue
+        keys += (4 if isinstance(found, MeterReading) else 5) + (item.type is not None)
+        if isinstance(found, MeterReading):
             batch.meters.append(found)
         else:
             batch.vehicles.append(found)
+    if not errors and body is not None and _key_count(body) != keys:
+        # More keys than fields: a key given twice (or a null field). Find which reading, if any.
+        errors = _repeated_keys(body, lines)
     if errors:
         errors.sort(key=lambda e: e.index)
         raise InvalidReadings(errors, len(items))
     return batch
+
+
+def _repeated_keys(body: bytes, lines: list[int] | None) -> list[ReadingError]:
+    raws = [line for line in body.split(b"\n") if line.strip()] if lines is not None else _split_json(body, None)
+    errors = []
+    for index, raw in enumerate(raws):
+        repeated = _repeated_key(raw)
+        if repeated is not None:
+            errors.append(ReadingError(index, repeated, "appears more than once in the reading", _line(lines, index)))
+    return errors
+
+
+def _tiny(value: float) -> bool:
+    return value != 0 and -MIN_MAGNITUDE < value < MIN_MAGNITUDE
 
 
 def _check(
@@ -210,6 +274,9 @@ def _check(
             and item.soc is None
             and item.kwh_delivered_dc is None
             and item.battery_temp is None
+            and item.kwh_consumed_ac <= rules.max_interval_kwh
+            and not _tiny(item.kwh_consumed_ac)
+            and not _tiny(item.voltage)
         ):
             return MeterReading(
                 meter_id=item.meter_id, kwh_consumed_ac=item.kwh_consumed_ac, voltage=item.voltage, timestamp=ts
@@ -223,6 +290,10 @@ def _check(
             and item.meter_id is None
             and item.kwh_consumed_ac is None
             and item.voltage is None
+            and item.kwh_delivered_dc <= rules.max_interval_kwh
+            and not _tiny(item.kwh_delivered_dc)
+            and not _tiny(item.soc)
+            and not _tiny(item.battery_temp)
         ):
             return VehicleReading(
                 vehicle_id=item.vehicle_id,
@@ -258,6 +329,17 @@ def _problems(item: _Incoming, latest: datetime, earliest: datetime, rules: Rule
         (name, f"is not a field of a {kind} reading")
         for name, value in present.items()
         if value is not None and name not in wanted
+    ]
+    for name in ("kwhConsumedAc", "kwhDeliveredDc"):
+        energy = present[name]
+        if name in wanted and isinstance(energy, float) and energy > rules.max_interval_kwh:
+            problems.append(
+                (name, f"must be at most {rules.max_interval_kwh:g} kWh for one reading (MAX_INTERVAL_KWH)")
+            )
+    problems += [
+        (name, f"must be 0 or at least {MIN_MAGNITUDE:g} in magnitude")
+        for name, value in present.items()
+        if name in wanted and isinstance(value, float) and _tiny(value)
     ]
     ts = item.timestamp
     if ts is not None:
@@ -306,10 +388,19 @@ NDJSON_MEDIA_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "a
 def decode_body(media_type: str, body: bytes, rules: Rules, now: datetime) -> DecodedBatch:
     """Decode by the request's media type (its parameters, such as charset, already stripped)."""
     media_type = media_type.lower()
-    if media_type == "application/json" or media_type.endswith("+json"):
-        return decode_json(body, rules, now)
-    if media_type in NDJSON_MEDIA_TYPES:
-        return decode_ndjson(body, rules, now)
+    try:
+        if media_type == "application/json" or media_type.endswith("+json"):
+            return decode_json(body, rules, now)
+        if media_type in NDJSON_MEDIA_TYPES:
+            return decode_ndjson(body, rules, now)
+    except UnicodeDecodeError as exc:
+        raise BodyError(
+            400, "Invalid UTF-8", f"The body is not valid UTF-8: {exc.reason} at byte {exc.start}."
+        ) from None
+    except RecursionError:
+        raise BodyError(
+            400, "Too deeply nested", "The body nests arrays or objects too deeply to be a reading."
+        ) from None
     shown = media_type or "none"
     raise BodyError(
         415,

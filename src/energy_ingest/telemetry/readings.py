@@ -7,7 +7,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+# `(?!\n)`: Python's `$` also matches before a final newline, and "MTR-1\n" would become a second device.
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$(?!\n)"
+# Non-zero numbers smaller than this are no measurement (and would underflow PostgreSQL's `real`).
+MIN_MAGNITUDE = 1e-9
+DEFAULT_MAX_INTERVAL_KWH = 100.0
 
 DeviceId = Annotated[
     str,
@@ -17,7 +21,14 @@ DeviceId = Annotated[
         examples=["MTR-1001"],
     ),
 ]
-Energy = Annotated[float, msgspec.Meta(ge=0, description="Energy of this reading's interval, kWh (finite, ≥ 0)")]
+Energy = Annotated[
+    float,
+    msgspec.Meta(
+        ge=0,
+        le=1e6,
+        description="Energy of this reading's interval, kWh: 0 or 1e-9 up to MAX_INTERVAL_KWH (default 100)",
+    ),
+]
 Voltage = Annotated[float, msgspec.Meta(ge=0, le=1000, description="Volts, 0–1000")]
 StateOfCharge = Annotated[float, msgspec.Meta(ge=0, le=100, description="State of charge, %, 0–100")]
 BatteryTemp = Annotated[float, msgspec.Meta(ge=-50, le=150, description="Battery temperature, °C, −50–150")]
