@@ -43,3 +43,10 @@ class DeviceRegistry:
             for device_id, key in await cur.fetchall():
                 cache[device_id] = key
         return cache
+
+
+async def find(conn: Conn, kind: DeviceKind, device_id: str) -> int | None:
+    """The key of a device already seen, without registering it."""
+    cur = await conn.execute(_query("SELECT {key} FROM {table} WHERE {id} = %s", kind), [device_id])
+    row = await cur.fetchone()
+    return None if row is None else int(row[0])

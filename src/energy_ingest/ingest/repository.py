@@ -18,6 +18,8 @@ from typing import Any
 
 import msgspec
 
+from psycopg import sql
+
 from energy_ingest.db.pool import Conn
 
 Key = tuple[int, datetime]
@@ -196,3 +198,68 @@ async def write_staged(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, 
         inserted: Keys = await cur.fetchall()
         await cur.execute(stream.upsert_hot.format(source=stream.stage))
     return inserted
+
+
+STREAM_OF = {stream.kind: stream for stream in STREAMS}
+
+
+def _names(stream: StreamSQL) -> dict[str, sql.Composable]:
+    values = [name for name, _ in stream.columns if name not in {"seq", stream.key}]
+    return {
+        "cold": sql.Identifier(f"{stream.kind}_readings"),
+        "live": sql.Identifier(f"{stream.kind}_live_status"),
+        "key": sql.Identifier(stream.key),
+        "values": sql.SQL(", ").join(sql.Identifier(v) for v in values),
+        "energy": sql.Identifier(values[2]),  # after ts and received_at: the kind's energy column
+    }
+
+
+async def delete_cold(conn: Conn, kind: str, key: int, lo: datetime, hi: datetime) -> tuple[list[datetime], float]:
+    """Delete one device's readings in [lo, hi); return their times and their energy. In a transaction."""
+    names = _names(STREAM_OF[kind])
+    cur = await conn.execute(
+        sql.SQL("DELETE FROM {cold} WHERE {key} = %s AND ts >= %s AND ts < %s RETURNING ts, {energy}").format(**names),
+        [key, lo, hi],
+    )
+    rows = await cur.fetchall()
+    return [ts for ts, _ in rows], sum(energy for _, energy in rows)
+
+
+async def restore_live(conn: Conn, kind: str, key: int, lo: datetime, hi: datetime) -> None:
+    """If the device's live row came from [lo, hi), replace it by its newest remaining reading (or drop it)."""
+    names = _names(STREAM_OF[kind])
+    cur = await conn.execute(
+        sql.SQL("SELECT 1 FROM {live} WHERE {key} = %s AND ts >= %s AND ts < %s FOR UPDATE").format(**names),
+        [key, lo, hi],
+    )
+    if await cur.fetchone() is None:
+        return
+    await conn.execute(sql.SQL("DELETE FROM {live} WHERE {key} = %s").format(**names), [key])
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {live} ({key}, {values})"
+            " SELECT {key}, {values} FROM {cold} WHERE {key} = %s ORDER BY ts DESC LIMIT 1"
+        ).format(**names),
+        [key],
+    )
+
+
+async def log_deletion(
+    conn: Conn,
+    kind: str,
+    device_id: str,
+    lo: datetime,
+    hi: datetime,
+    deleted: int,
+    kwh: float,
+    reason: str | None,
+    by: str,
+) -> int:
+    cur = await conn.execute(
+        "INSERT INTO reading_deletions (kind, device_id, from_ts, to_ts, deleted, deleted_kwh, reason, deleted_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING deletion_id",
+        [kind, device_id, lo, hi, deleted, kwh, reason, by],
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])

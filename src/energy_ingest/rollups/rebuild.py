@@ -42,6 +42,41 @@ _VEHICLE = _Rollup(
 )
 
 
+ROLLUPS = {"meter": _METER, "vehicle": _VEHICLE}
+
+
+async def recompute_hours(conn: Conn, kind: str, key: int, hours: list[datetime]) -> None:
+    """Recompute one device's rollup rows of `hours` from its raw readings (in the caller's transaction)."""
+    rollup = ROLLUPS[kind]
+    names = {
+        "table": sql.Identifier(rollup.table),
+        "raw": sql.Identifier(rollup.raw),
+        "key": sql.Identifier(rollup.key),
+        "aggregates": sql.SQL(rollup.aggregates),  # a constant of this module, never input
+        "cols": sql.SQL(", ").join(sql.Identifier(c) for c in rollup.columns),
+    }
+    # Rows locked in (key, hour) order, like every write of rollups.
+    await conn.execute(
+        sql.SQL(
+            "SELECT 1 FROM {table} WHERE {key} = %(key)s AND hour = ANY(%(hours)s) ORDER BY hour FOR UPDATE"
+        ).format(**names),
+        {"key": key, "hours": hours},
+    )
+    await conn.execute(
+        sql.SQL("DELETE FROM {table} WHERE {key} = %(key)s AND hour = ANY(%(hours)s)").format(**names),
+        {"key": key, "hours": hours},
+    )
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {table} ({key}, hour, {cols})"
+            " SELECT {key}, date_trunc('hour', ts, 'UTC'), {aggregates} FROM {raw}"
+            " WHERE {key} = %(key)s AND date_trunc('hour', ts, 'UTC') = ANY(%(hours)s)"
+            " AND ts >= %(lo)s AND ts < %(hi)s GROUP BY 1, 2 ORDER BY 1, 2"
+        ).format(**names),
+        {"key": key, "hours": hours, "lo": min(hours), "hi": max(hours) + timedelta(hours=1)},
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DayResult:
     table: str
