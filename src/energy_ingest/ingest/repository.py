@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-
 from psycopg import sql
 
 from energy_ingest.db.pool import Conn
