@@ -16,6 +16,7 @@ from energy_ingest.db.pool import Conn
 from energy_ingest.devices import registry
 from energy_ingest.devices.registry import DeviceKind
 from energy_ingest.ingest import repository as repo
+from energy_ingest.kinds import BY_NAME
 from energy_ingest.rollups.rebuild import recompute_hours
 
 log = logging.getLogger("energy_ingest.repair")
@@ -61,11 +62,12 @@ async def delete_readings(
         raise AmbiguousDevice(f"both a meter and a vehicle have the id {device_id!r}: name the kind")
     ((device_kind, key),) = found.items()
     async with conn.transaction():
-        times, kwh = await repo.delete_cold(conn, device_kind, key, start, end)
+        kind_of = BY_NAME[device_kind]
+        times, kwh = await repo.delete_cold(conn, kind_of, key, start, end)
         if times:
             hours = sorted({t.replace(minute=0, second=0, microsecond=0) for t in times})
-            await recompute_hours(conn, device_kind, key, hours)
-            await repo.restore_live(conn, device_kind, key, start, end)
+            await recompute_hours(conn, kind_of, key, hours)
+            await repo.restore_live(conn, kind_of, key, start, end)
         deletion_id = await repo.log_deletion(conn, device_kind, device_id, start, end, len(times), kwh, reason, by)
     log.warning(
         "deletion %d by %s: %d readings (%.6f kWh) of %s %s in [%s, %s)%s",

@@ -20,6 +20,7 @@ import msgspec
 from psycopg import sql
 
 from energy_ingest.db.pool import Conn
+from energy_ingest.kinds import METER, VEHICLE, Kind
 
 Key = tuple[int, datetime]
 Keys = list[Key]  # the (device key, ts) of rows a write inserted
@@ -70,83 +71,47 @@ class StreamSQL:
         return f"json_to_recordset(%s::json) AS r({cols})"
 
 
-METER_SQL = StreamSQL(
-    kind="meter",
-    columns=(
-        ("seq", "int4"),
-        ("meter_key", "int4"),
-        ("ts", "timestamptz"),
-        ("received_at", "timestamptz"),
-        ("kwh_consumed_ac", "float8"),
-        ("voltage", "float4"),
-    ),
-    # Sorted so concurrent flushes take index locks in one order; of equal keys the first sent wins.
-    insert_cold="""
-INSERT INTO meter_readings (meter_key, ts, received_at, kwh_consumed_ac, voltage)
-SELECT meter_key, ts, received_at, kwh_consumed_ac, voltage FROM {source}
-ORDER BY meter_key, ts, seq
+def _stream(kind: Kind) -> StreamSQL:
+    """The write statements of one kind, derived from its description."""
+    values = ", ".join(kind.value_columns)
+    aggregates = ", ".join(a.expr for a in kind.aggregates)
+    merges = ",\n    ".join(f"{a.column} = {a.merge}" for a in kind.aggregates if a.column != "hour")
+    live = ", ".join(f"{c} = EXCLUDED.{c}" for c in ("ts", "received_at", *kind.value_columns))
+    return StreamSQL(
+        kind=kind.name,
+        columns=(
+            ("seq", "int4"),
+            (kind.key, "int4"),
+            ("ts", "timestamptz"),
+            ("received_at", "timestamptz"),
+            *((v.column, v.sql_type) for v in kind.values),
+        ),
+        # Sorted so concurrent flushes take index locks in one order; of equal keys the first sent wins.
+        insert_cold=f"""
+INSERT INTO {kind.readings_table} ({kind.key}, ts, received_at, {values})
+SELECT {kind.key}, ts, received_at, {values} FROM {{source}}
+ORDER BY {kind.key}, ts, seq
 ON CONFLICT DO NOTHING
-RETURNING meter_key, ts, kwh_consumed_ac, voltage""",
-    rollup="""
-INSERT INTO meter_hourly AS h (meter_key, hour, readings, kwh, voltage_sum, voltage_min, voltage_max)
-SELECT meter_key, date_trunc('hour', ts, 'UTC'), count(*), sum(kwh_consumed_ac::numeric), sum(voltage::numeric),
-       min(voltage), max(voltage)
-FROM {cold} GROUP BY 1, 2 ORDER BY 1, 2
-ON CONFLICT (meter_key, hour) DO UPDATE
-SET readings = h.readings + EXCLUDED.readings, kwh = h.kwh + EXCLUDED.kwh,
-    voltage_sum = h.voltage_sum + EXCLUDED.voltage_sum,
-    voltage_min = least(h.voltage_min, EXCLUDED.voltage_min),
-    voltage_max = greatest(h.voltage_max, EXCLUDED.voltage_max)""",
-    # The newest reading per device; an older or equal-time one never replaces what is stored.
-    upsert_hot="""
-INSERT INTO meter_live_status AS l (meter_key, ts, received_at, kwh_consumed_ac, voltage)
-SELECT DISTINCT ON (meter_key) meter_key, ts, received_at, kwh_consumed_ac, voltage FROM {source}
-ORDER BY meter_key, ts DESC, seq
-ON CONFLICT (meter_key) DO UPDATE
-SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at,
-    kwh_consumed_ac = EXCLUDED.kwh_consumed_ac, voltage = EXCLUDED.voltage
+RETURNING {kind.key}, ts, {values}""",
+        rollup=f"""
+INSERT INTO {kind.rollup_table} AS h ({kind.key}, hour, {", ".join(kind.rollup_columns)})
+SELECT {kind.key}, date_trunc('hour', ts, 'UTC'), {aggregates}
+FROM {{cold}} GROUP BY 1, 2 ORDER BY 1, 2
+ON CONFLICT ({kind.key}, hour) DO UPDATE
+SET {merges}""",
+        # The newest reading per device; an older or equal-time one never replaces what is stored.
+        upsert_hot=f"""
+INSERT INTO {kind.live_table} AS l ({kind.key}, ts, received_at, {values})
+SELECT DISTINCT ON ({kind.key}) {kind.key}, ts, received_at, {values} FROM {{source}}
+ORDER BY {kind.key}, ts DESC, seq
+ON CONFLICT ({kind.key}) DO UPDATE
+SET {live}
 WHERE l.ts < EXCLUDED.ts""",
-)
+    )
 
-VEHICLE_SQL = StreamSQL(
-    kind="vehicle",
-    columns=(
-        ("seq", "int4"),
-        ("vehicle_key", "int4"),
-        ("ts", "timestamptz"),
-        ("received_at", "timestamptz"),
-        ("kwh_delivered_dc", "float8"),
-        ("soc", "float4"),
-        ("battery_temp", "float4"),
-    ),
-    insert_cold="""
-INSERT INTO vehicle_readings (vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp)
-SELECT vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp FROM {source}
-ORDER BY vehicle_key, ts, seq
-ON CONFLICT DO NOTHING
-RETURNING vehicle_key, ts, kwh_delivered_dc, soc, battery_temp""",
-    # last_soc: the SoC of the hour's latest reading, even when an earlier one arrives later.
-    rollup="""
-INSERT INTO vehicle_hourly AS h (vehicle_key, hour, readings, kwh, temp_sum, temp_min, temp_max, last_ts, last_soc)
-SELECT vehicle_key, date_trunc('hour', ts, 'UTC'), count(*), sum(kwh_delivered_dc::numeric),
-       sum(battery_temp::numeric), min(battery_temp), max(battery_temp), max(ts), (array_agg(soc ORDER BY ts DESC))[1]
-FROM {cold} GROUP BY 1, 2 ORDER BY 1, 2
-ON CONFLICT (vehicle_key, hour) DO UPDATE
-SET readings = h.readings + EXCLUDED.readings, kwh = h.kwh + EXCLUDED.kwh,
-    temp_sum = h.temp_sum + EXCLUDED.temp_sum,
-    temp_min = least(h.temp_min, EXCLUDED.temp_min), temp_max = greatest(h.temp_max, EXCLUDED.temp_max),
-    last_soc = CASE WHEN EXCLUDED.last_ts > h.last_ts THEN EXCLUDED.last_soc ELSE h.last_soc END,
-    last_ts = greatest(h.last_ts, EXCLUDED.last_ts)""",
-    upsert_hot="""
-INSERT INTO vehicle_live_status AS l (vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp)
-SELECT DISTINCT ON (vehicle_key) vehicle_key, ts, received_at, kwh_delivered_dc, soc, battery_temp
-FROM {source}
-ORDER BY vehicle_key, ts DESC, seq
-ON CONFLICT (vehicle_key) DO UPDATE
-SET ts = EXCLUDED.ts, received_at = EXCLUDED.received_at, kwh_delivered_dc = EXCLUDED.kwh_delivered_dc,
-    soc = EXCLUDED.soc, battery_temp = EXCLUDED.battery_temp
-WHERE l.ts < EXCLUDED.ts""",
-)
+
+METER_SQL = _stream(METER)
+VEHICLE_SQL = _stream(VEHICLE)
 
 # The lock order of every write: streams in this order; within a stream the cold insert, then its
 # rollup, then the hot upsert; within each table rows sorted by (device key, ts or hour). Two
@@ -199,23 +164,19 @@ async def write_staged(conn: Conn, stream: StreamSQL, rows: Iterable[tuple[Any, 
     return inserted
 
 
-STREAM_OF = {stream.kind: stream for stream in STREAMS}
-
-
-def _names(stream: StreamSQL) -> dict[str, sql.Composable]:
-    values = [name for name, _ in stream.columns if name not in {"seq", stream.key}]
+def _names(kind: Kind) -> dict[str, sql.Composable]:
     return {
-        "cold": sql.Identifier(f"{stream.kind}_readings"),
-        "live": sql.Identifier(f"{stream.kind}_live_status"),
-        "key": sql.Identifier(stream.key),
-        "values": sql.SQL(", ").join(sql.Identifier(v) for v in values),
-        "energy": sql.Identifier(values[2]),  # after ts and received_at: the kind's energy column
+        "cold": sql.Identifier(kind.readings_table),
+        "live": sql.Identifier(kind.live_table),
+        "key": sql.Identifier(kind.key),
+        "values": sql.SQL(", ").join(sql.Identifier(c) for c in ("ts", "received_at", *kind.value_columns)),
+        "energy": sql.Identifier(kind.energy.column),
     }
 
 
-async def delete_cold(conn: Conn, kind: str, key: int, lo: datetime, hi: datetime) -> tuple[list[datetime], float]:
+async def delete_cold(conn: Conn, kind: Kind, key: int, lo: datetime, hi: datetime) -> tuple[list[datetime], float]:
     """Delete one device's readings in [lo, hi); return their times and their energy. In a transaction."""
-    names = _names(STREAM_OF[kind])
+    names = _names(kind)
     cur = await conn.execute(
         sql.SQL("DELETE FROM {cold} WHERE {key} = %s AND ts >= %s AND ts < %s RETURNING ts, {energy}").format(**names),
         [key, lo, hi],
@@ -224,9 +185,9 @@ async def delete_cold(conn: Conn, kind: str, key: int, lo: datetime, hi: datetim
     return [ts for ts, _ in rows], sum(energy for _, energy in rows)
 
 
-async def restore_live(conn: Conn, kind: str, key: int, lo: datetime, hi: datetime) -> None:
+async def restore_live(conn: Conn, kind: Kind, key: int, lo: datetime, hi: datetime) -> None:
     """If the device's live row came from [lo, hi), replace it by its newest remaining reading (or drop it)."""
-    names = _names(STREAM_OF[kind])
+    names = _names(kind)
     cur = await conn.execute(
         sql.SQL("SELECT 1 FROM {live} WHERE {key} = %s AND ts >= %s AND ts < %s FOR UPDATE").format(**names),
         [key, lo, hi],

@@ -20,6 +20,7 @@ from energy_ingest.db.partitions import PartitionKeeper, day_of
 from energy_ingest.db.pool import Conn, Pool
 from energy_ingest.devices.registry import DeviceKind, DeviceRegistry
 from energy_ingest.ingest import repository as repo
+from energy_ingest.kinds import METER, VEHICLE, Kind
 from energy_ingest.telemetry.decode import DecodedBatch
 
 log = logging.getLogger("energy_ingest.writer")
@@ -339,24 +340,20 @@ class _Stream:
     values: Callable[[Any], tuple[float, ...]]
 
 
-METERS = _Stream(
-    "meter",
-    "meter_readings",
-    "meter_hourly",
-    repo.METER_SQL,
-    readings=lambda b: b.meters,
-    device=attrgetter("meter_id"),
-    values=lambda r: (r.kwh_consumed_ac, r.voltage),
-)
-VEHICLES = _Stream(
-    "vehicle",
-    "vehicle_readings",
-    "vehicle_hourly",
-    repo.VEHICLE_SQL,
-    readings=lambda b: b.vehicles,
-    device=attrgetter("vehicle_id"),
-    values=lambda r: (r.kwh_delivered_dc, r.soc, r.battery_temp),
-)
+def _stream(kind: Kind, sql: repo.StreamSQL, readings: Callable[[DecodedBatch], Sequence[Any]]) -> _Stream:
+    return _Stream(
+        kind.name,
+        kind.readings_table,
+        kind.rollup_table,
+        sql,
+        readings=readings,
+        device=attrgetter(kind.id_column),
+        values=attrgetter(*kind.value_columns),
+    )
+
+
+METERS = _stream(METER, repo.METER_SQL, lambda b: b.meters)
+VEHICLES = _stream(VEHICLE, repo.VEHICLE_SQL, lambda b: b.vehicles)
 
 
 def _attribute(

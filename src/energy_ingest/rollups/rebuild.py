@@ -14,6 +14,7 @@ from psycopg import sql
 
 from energy_ingest.db.partitions import PartitionKeeper
 from energy_ingest.db.pool import Conn
+from energy_ingest.kinds import METER, VEHICLE, Kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,29 +26,18 @@ class _Rollup:
     columns: tuple[str, ...]
 
 
-_METER = _Rollup(
-    "meter_hourly",
-    "meter_readings",
-    "meter_key",
-    "count(*)::int, sum(kwh_consumed_ac::numeric), sum(voltage::numeric), min(voltage), max(voltage)",
-    ("readings", "kwh", "voltage_sum", "voltage_min", "voltage_max"),
-)
-_VEHICLE = _Rollup(
-    "vehicle_hourly",
-    "vehicle_readings",
-    "vehicle_key",
-    "count(*)::int, sum(kwh_delivered_dc::numeric), sum(battery_temp::numeric), min(battery_temp),"
-    " max(battery_temp), max(ts), (array_agg(soc ORDER BY ts DESC))[1]",
-    ("readings", "kwh", "temp_sum", "temp_min", "temp_max", "last_ts", "last_soc"),
-)
+def _rollup(kind: Kind) -> _Rollup:
+    aggregates = ", ".join(a.expr for a in kind.aggregates)
+    return _Rollup(kind.rollup_table, kind.readings_table, kind.key, aggregates, kind.rollup_columns)
 
 
-ROLLUPS = {"meter": _METER, "vehicle": _VEHICLE}
+_METER = _rollup(METER)
+_VEHICLE = _rollup(VEHICLE)
 
 
-async def recompute_hours(conn: Conn, kind: str, key: int, hours: list[datetime]) -> None:
+async def recompute_hours(conn: Conn, kind: Kind, key: int, hours: list[datetime]) -> None:
     """Recompute one device's rollup rows of `hours` from its raw readings (in the caller's transaction)."""
-    rollup = ROLLUPS[kind]
+    rollup = _rollup(kind)
     names = {
         "table": sql.Identifier(rollup.table),
         "raw": sql.Identifier(rollup.raw),

@@ -1,0 +1,1 @@
+"""API keys: who may write readings, read the fleet, or administer the service."""
