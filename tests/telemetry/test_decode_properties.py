@@ -107,7 +107,7 @@ def test_valid_readings_come_back_as_sent(media_type: str, items: list[dict[str,
 
 BROKEN: dict[str, list[Any]] = {
     "meterId": ["", "x" * 65, "M 1", "M-1\n", 7],
-    "vehicleId": ["", "V/1", "V-1\n", None],
+    "vehicleId": ["", "V/1", "V-1\n", 12],
     "kwhConsumedAc": [-1.0, 100.5, 1e22, 5e-324, "1", True],
     "kwhDeliveredDc": [-0.001, 1e300, 1e-12, [1]],
     "voltage": [-1, 1000.5, 1e-45],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from energy_ingest.db.pool import Pool
+from energy_ingest.kinds import METER, VEHICLE, Kind
 from energy_ingest.telemetry.readings import MeterReading, VehicleReading
 
 
@@ -17,14 +19,17 @@ class VehicleLive(VehicleReading, kw_only=True):
     received_at: datetime
 
 
-_METERS = (
-    "SELECT m.meter_id, l.ts, l.received_at, l.kwh_consumed_ac, l.voltage"
-    " FROM meters m JOIN meter_live_status l USING (meter_key)"
-)
-_VEHICLES = (
-    "SELECT v.vehicle_id, l.ts, l.received_at, l.kwh_delivered_dc, l.soc, l.battery_temp"
-    " FROM vehicles v JOIN vehicle_live_status l USING (vehicle_key)"
-)
+LiveT = TypeVar("LiveT", MeterLive, VehicleLive)
+
+
+def _select(kind: Kind) -> str:
+    values = ", ".join(f"l.{c}" for c in kind.value_columns)
+    return (
+        f"SELECT d.{kind.id_column}, l.ts, l.received_at, {values}"
+        f" FROM {kind.devices_table} d JOIN {kind.live_table} l USING ({kind.key})"
+    )
+
+
 # A page: ids after the cursor; with `since`, only devices whose newest reading is older.
 _PAGE = " WHERE {id} > %(after)s AND (%(since)s::timestamptz IS NULL OR l.ts < %(since)s) ORDER BY {id} LIMIT %(limit)s"
 
@@ -34,23 +39,23 @@ def _f4(value: float) -> float:
     return float(f"{value:.7g}")
 
 
-def _meter(row: tuple[Any, ...]) -> MeterLive:
-    meter_id, ts, received_at, kwh, voltage = row
-    return MeterLive(
-        meter_id=meter_id, kwh_consumed_ac=kwh, voltage=_f4(voltage), timestamp=ts, received_at=received_at
-    )
+def _mapper(kind: Kind, live: type[LiveT]) -> Callable[[tuple[Any, ...]], LiveT]:
+    exact = [v.sql_type == "float8" for v in kind.values]
+
+    def to_live(row: tuple[Any, ...]) -> LiveT:
+        device_id, ts, received_at, *values = row
+        fields: dict[str, Any] = {
+            c: v if e else _f4(v) for c, v, e in zip(kind.value_columns, values, exact, strict=True)
+        }
+        fields |= {kind.id_column: device_id, "timestamp": ts, "received_at": received_at}
+        return live(**fields)
+
+    return to_live
 
 
-def _vehicle(row: tuple[Any, ...]) -> VehicleLive:
-    vehicle_id, ts, received_at, kwh, soc, temp = row
-    return VehicleLive(
-        vehicle_id=vehicle_id,
-        kwh_delivered_dc=kwh,
-        soc=_f4(soc),
-        battery_temp=_f4(temp),
-        timestamp=ts,
-        received_at=received_at,
-    )
+_METERS, _VEHICLES = _select(METER), _select(VEHICLE)
+_meter = _mapper(METER, MeterLive)
+_vehicle = _mapper(VEHICLE, VehicleLive)
 
 
 async def _rows(pool: Pool, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -60,20 +65,20 @@ async def _rows(pool: Pool, sql: str, params: dict[str, Any]) -> list[tuple[Any,
 
 
 async def meter(pool: Pool, meter_id: str) -> MeterLive | None:
-    rows = await _rows(pool, _METERS + " WHERE m.meter_id = %(id)s", {"id": meter_id})
+    rows = await _rows(pool, _METERS + " WHERE d.meter_id = %(id)s", {"id": meter_id})
     return _meter(rows[0]) if rows else None
 
 
 async def vehicle(pool: Pool, vehicle_id: str) -> VehicleLive | None:
-    rows = await _rows(pool, _VEHICLES + " WHERE v.vehicle_id = %(id)s", {"id": vehicle_id})
+    rows = await _rows(pool, _VEHICLES + " WHERE d.vehicle_id = %(id)s", {"id": vehicle_id})
     return _vehicle(rows[0]) if rows else None
 
 
 async def meters(pool: Pool, limit: int, after: str | None, silent_since: datetime | None) -> list[MeterLive]:
     params = {"after": after or "", "since": silent_since, "limit": limit}
-    return [_meter(row) for row in await _rows(pool, _METERS + _PAGE.format(id="m.meter_id"), params)]
+    return [_meter(row) for row in await _rows(pool, _METERS + _PAGE.format(id="d.meter_id"), params)]
 
 
 async def vehicles(pool: Pool, limit: int, after: str | None, silent_since: datetime | None) -> list[VehicleLive]:
     params = {"after": after or "", "since": silent_since, "limit": limit}
-    return [_vehicle(row) for row in await _rows(pool, _VEHICLES + _PAGE.format(id="v.vehicle_id"), params)]
+    return [_vehicle(row) for row in await _rows(pool, _VEHICLES + _PAGE.format(id="d.vehicle_id"), params)]

@@ -14,6 +14,7 @@ from typing import Literal
 
 import msgspec
 
+from energy_ingest.kinds import METER, VEHICLE
 from energy_ingest.telemetry.readings import (
     DEFAULT_MAX_INTERVAL_KWH,
     MIN_MAGNITUDE,
@@ -87,8 +88,8 @@ class _Incoming(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     timestamp: Timestamp | None = None
 
 
-_METER_FIELDS = ("meterId", "kwhConsumedAc", "voltage", "timestamp")
-_VEHICLE_FIELDS = ("vehicleId", "soc", "kwhDeliveredDc", "batteryTemp", "timestamp")
+_METER_FIELDS = (METER.id_api, *(v.api for v in METER.values), "timestamp")
+_VEHICLE_FIELDS = (VEHICLE.id_api, *(v.api for v in VEHICLE.values), "timestamp")
 _ONE = msgspec.json.Decoder(_Incoming)
 _MANY = msgspec.json.Decoder(list[_Incoming])
 _RAW_MANY = msgspec.json.Decoder(list[msgspec.Raw])
