@@ -29,6 +29,7 @@ class Settings:
     max_interval_kwh: float = 100.0
     # bounded resources, per worker
     max_pending_requests: int = 10_000
+    max_queue_delay_ms: float = 1_000.0
     inflight_body_bytes: int = 64 * 1024 * 1024
     max_connections: int = 1_000
     header_timeout_s: float = 10.0
@@ -79,6 +80,7 @@ class Settings:
             (self.max_readings_per_request >= 1, "MAX_READINGS_PER_REQUEST must be >= 1"),
             (0 < self.max_interval_kwh <= 1e6, "MAX_INTERVAL_KWH must be in (0, 1e6]"),
             (self.max_pending_requests >= 1, "MAX_PENDING_REQUESTS must be >= 1"),
+            (self.max_queue_delay_ms > 0, "MAX_QUEUE_DELAY_MS must be > 0"),
             (
                 self.inflight_body_bytes >= self.body_limit_bytes,
                 "INFLIGHT_BODY_BYTES must be >= BODY_LIMIT_BYTES",

@@ -109,6 +109,7 @@ class GroupCommitWriter:
         concurrency: int,
         max_pending_readings: int,
         max_pending_requests: int = 10_000,
+        max_queue_delay_ms: float = 1000.0,
         copy_threshold: int = 1000,
         observer: WriterObserver | None = None,
     ) -> None:
@@ -117,6 +118,8 @@ class GroupCommitWriter:
         self._interval = flush_interval_ms / 1000
         self._max_pending = max_pending_readings
         self._max_requests = max_pending_requests
+        self._max_delay = max_queue_delay_ms / 1000
+        self._unavailable: str | None = None  # why the last flush failed, while the database is away
         self._pending_requests = 0  # queued + being written
         self._copy_threshold = copy_threshold
         self._slots = asyncio.Semaphore(concurrency)
@@ -155,14 +158,18 @@ class GroupCommitWriter:
     async def submit(self, batch: DecodedBatch) -> IngestResult:
         """Queue a request's readings; return once they are committed."""
         size = len(batch)
-        # Both bounds: many tiny requests cost memory and latency as surely as a few large ones.
+        loop = asyncio.get_running_loop()
+        # Bounds on memory (readings, requests) and on latency (how long the oldest request has
+        # waited to be written): many tiny requests fill a queue as surely as a few large ones.
         if (
             self._closing
             or self._pending_readings + size > self._max_pending
             or self._pending_requests >= self._max_requests
+            or (self._queue and loop.time() - self._queue[0].queued_at > self._max_delay)
         ):
+            if self._unavailable is not None:  # the queue is full because the database is away
+                raise DatabaseUnavailable(self._unavailable)
             raise Overloaded
-        loop = asyncio.get_running_loop()
         request = _Request(batch, datetime.now(UTC), loop.create_future(), loop.time())
         self._pending_readings += size
         self._pending_requests += 1
@@ -234,6 +241,7 @@ class GroupCommitWriter:
             log.warning("flush of %d requests failed, database unavailable: %s", len(group), exc)
             if self._observer is not None:
                 self._observer.failed(len(group), exc)
+            self._unavailable = str(exc)
             self._fail(group, DatabaseUnavailable(str(exc)))
         except Exception as exc:
             if len(group) > 1:
@@ -247,6 +255,7 @@ class GroupCommitWriter:
                 self._observer.failed(1, exc)
             self._fail(group, exc)
         else:
+            self._unavailable = None
             for request, result in zip(group, results, strict=True):
                 if not request.future.done():
                     request.future.set_result(result)
