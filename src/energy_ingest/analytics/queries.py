@@ -237,7 +237,9 @@ def fleet_statement(
     """Every vehicle's DC, AC (over its link segments) and efficiency, worst first.
 
     `window.hours` come from rollups for every device at once; `window.raw` (the window's edges) and
-    `ac_raw` (those plus hours cut by a link change) from readings.
+    `ac_raw` (those plus hours cut by a link change) from readings. The planner reads a rollup day
+    the window covers mostly in one sequential pass, filtering out the rest (measured: cheaper than the
+    `hour` index over most of the day's pages), and a day it covers little through that index.
     """
     params = _Params({"lo": window.lo, "hi": window.hi, "min_ac": min_ac, "limit": limit})
     dc_parts = []
