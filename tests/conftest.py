@@ -1,13 +1,15 @@
 """Every test talks to a real PostgreSQL through the service's HTTP API.
 
 TEST_DATABASE_URL set: a throwaway database is created on that server (and dropped after).
-Otherwise an embedded PostgreSQL (pgserver) runs for the session in a temporary directory.
+Otherwise an embedded PostgreSQL runs for the session in a temporary directory under /tmp (not under
+pytest's basetemp: as root the server runs as EMBEDDED_USER, and /tmp/pytest-of-root is 0700).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,9 @@ from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
 from energy_ingest.config import Settings
-from energy_ingest.db.embedded import EmbeddedPostgres
+from energy_ingest.db.embedded import EmbeddedPostgres, scratch_data_dir
 from energy_ingest.db.migrations import apply_migrations
-from energy_ingest.db.scratch import create_database, drop_database
+from energy_ingest_bench.scratch import create_database, drop_database
 
 CLEAN = (
     "TRUNCATE meter_readings, vehicle_readings, meter_hourly, vehicle_hourly,"
@@ -28,16 +30,34 @@ CLEAN = (
 )
 
 
+@pytest.fixture
+def embedded_data_dir() -> Iterator[Path]:
+    """An empty DATA_DIR the embedded server's user can reach (as root: handed to EMBEDDED_USER); removed after."""
+    path = scratch_data_dir("energy-ingest-test-")
+    try:
+        yield path
+    finally:
+        EmbeddedPostgres(path).stop()  # whatever a test left running there
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     server_url = os.environ.get("TEST_DATABASE_URL")
+    embedded = None
     if not server_url:
-        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"))
+        embedded = EmbeddedPostgres(scratch_data_dir("energy-ingest-test-"))
+        embedded.start()
         server_url = embedded.url
-    url, name = create_database(server_url, "energy_ingest_test")
-    asyncio.run(apply_migrations(url))
-    yield url
-    drop_database(server_url, name)
+    try:
+        url, name = create_database(server_url, "energy_ingest_test")
+        asyncio.run(apply_migrations(url))
+        yield url
+        drop_database(server_url, name)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            shutil.rmtree(embedded.data_dir, ignore_errors=True)
 
 
 @pytest.fixture

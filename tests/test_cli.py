@@ -51,7 +51,8 @@ def _serve(data_dir: Path, port: int) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def test_serve_with_embedded_postgres_keeps_data_across_restart(tmp_path: Path) -> None:
+def test_serve_with_embedded_postgres_keeps_data_across_restart(embedded_data_dir: Path) -> None:
+    tmp_path = embedded_data_dir  # as root, pytest's tmp_path is out of the embedded server user's reach
     port = _free_port()
     t = hour_ago()
     with _serve(tmp_path, port) as base:
