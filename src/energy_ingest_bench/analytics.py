@@ -1,4 +1,4 @@
-"""`energy-ingest bench --analytics`: analytics latency and storage at fleet scale.
+"""`energy-ingest-bench --analytics`: analytics latency and storage at fleet scale.
 
 Loads `days` of one reading per minute from `devices` meters and as many vehicles through the
 real HTTP API with the fleet simulator's backfill, then times the analytics endpoints over HTTP,
@@ -164,7 +164,7 @@ def render(result: dict[str, Any]) -> list[str]:
     lines = [
         "## Analytics at fleet scale",
         "",
-        f"Written by `energy-ingest bench --analytics` on {result['date']}: {result['days']} days of "
+        f"Written by `energy-ingest-bench --analytics` on {result['date']}: {result['days']} days of "
         f"{result['devices']:,} meters and {result['devices']:,} vehicles at one reading a minute, "
         f"{result['readings_loaded']:,} readings loaded through the HTTP API by the simulator's backfill in "
         f"{result['load_seconds']:,} s ({result['load_readings_per_s']:,} readings/s), then `VACUUM ANALYZE` (as "

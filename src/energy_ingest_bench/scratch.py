@@ -1,4 +1,4 @@
-"""Throwaway databases on a server, for test sessions and benchmark runs."""
+"""Throwaway databases on a server, for benchmark runs and test sessions (never the service)."""
 
 from __future__ import annotations
 

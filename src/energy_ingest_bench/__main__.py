@@ -1,0 +1,3 @@
+from energy_ingest_bench.cli import main
+
+main()
