@@ -8,6 +8,7 @@ import atexit
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import fields
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import psycopg
 
-from energy_ingest import benchmark
 from energy_ingest.config import Settings, SettingsError
-from energy_ingest.db.embedded import EmbeddedPostgres
+from energy_ingest.db.embedded import STATE_ENV, EmbeddedError, EmbeddedPostgres, Supervisor
 from energy_ingest.db.migrations import apply_migrations
+from energy_ingest.ingest import repair
 from energy_ingest.rollups import rebuild as rollup_rebuild
 from energy_ingest.simulate import runner as simulate_runner
 
@@ -55,12 +56,46 @@ def _parser() -> argparse.ArgumentParser:
     rebuild_cmd.add_argument("--from", dest="rebuild_from", type=_day, help="first day (YYYY-MM-DD), default: oldest")
     rebuild_cmd.add_argument("--to", dest="rebuild_to", type=_day, help="last day (YYYY-MM-DD), default: newest")
 
+    readings = sub.add_parser("readings", help="repair stored readings")
+    readings_sub = readings.add_subparsers(dest="readings_command", required=True)
+    delete_cmd = readings_sub.add_parser(
+        "delete", help="delete a device's readings in [--from, --to), keeping rollups and live state exact"
+    )
+    _database_flags(delete_cmd)
+    delete_cmd.add_argument("device", metavar="DEVICE", help="meter or vehicle id")
+    delete_cmd.add_argument("--from", dest="delete_from", type=_instant, required=True, help="RFC 3339, inclusive")
+    delete_cmd.add_argument("--to", dest="delete_to", type=_instant, required=True, help="RFC 3339, exclusive")
+    delete_cmd.add_argument("--kind", choices=["meter", "vehicle"], help="needed only if both kinds use the id")
+    delete_cmd.add_argument("--reason", help="kept in the deletion log")
+
     simulate = sub.add_parser("simulate", help="drive a running service with a simulated fleet")
     simulate_runner.add_arguments(simulate)
-
-    bench = sub.add_parser("bench", help="run the standard ingest benchmark, write bench/RESULTS.md")
-    benchmark.add_arguments(bench)
     return parser
+
+
+def _instant(text: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        instant = None
+    if instant is None or instant.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 timestamp with `Z` or an offset")
+    return instant
+
+
+async def _delete(url: str, args: argparse.Namespace) -> str:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True, options="-c TimeZone=UTC") as conn:
+        try:
+            done = await repair.delete_readings(
+                conn, args.device, args.delete_from, args.delete_to, kind=args.kind, reason=args.reason, by="cli"
+            )
+        except (repair.UnknownDevice, repair.AmbiguousDevice, ValueError) as exc:
+            sys.exit(f"energy-ingest: {exc}")
+    return (
+        f"deleted {done.deleted} readings ({done.deleted_kwh:.6f} kWh) of {done.kind} {done.device_id}"
+        f" in [{done.start.isoformat()}, {done.end.isoformat()}); rollups and live state updated;"
+        f" logged as deletion {done.deletion_id}"
+    )
 
 
 def _day(text: str) -> date:
@@ -76,10 +111,15 @@ async def _rebuild(url: str, start: date | None, end: date | None) -> str:
 
 
 def resolve_database(settings: Settings) -> tuple[str, EmbeddedPostgres | None]:
-    """The URL to use, starting the embedded server when none is configured."""
+    """The URL to use, starting (or adopting) the embedded server when none is configured; stopped at exit."""
     if settings.database_url:
         return settings.database_url, None
-    embedded = EmbeddedPostgres(settings.data_dir)
+    embedded = EmbeddedPostgres(settings.data_dir, user=settings.embedded_user)
+    try:
+        embedded.start()
+    except EmbeddedError as exc:
+        sys.exit(f"energy-ingest: {exc}")
+    atexit.register(embedded.stop)  # a no-op when another process (a running serve) manages it
     log.info("embedded PostgreSQL running, data in %s", embedded.pgdata)
     return embedded.url, embedded
 
@@ -92,11 +132,27 @@ def _migrate(url: str) -> None:
         log.info("database schema is up to date")
 
 
-def _serve(settings: Settings) -> None:
-    import uvicorn
+def _exit_on_signal(signum: int, frame: object) -> None:
+    sys.exit(0)
 
-    url, _embedded = resolve_database(settings)  # the handle keeps the embedded server up until exit
+
+def _serve(settings: Settings) -> None:
+    from energy_ingest import server
+
+    url, embedded = resolve_database(settings)
+    # uvicorn re-raises the stop signal once it has shut down; exiting by a signal would skip atexit and
+    # leave the embedded server running, so a stop signal becomes a normal exit.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_on_signal)
+    if embedded is not None and not embedded.managed:
+        sys.exit(f"energy-ingest: process {embedded.lock_holder()} manages {embedded.data_dir}; stop it first")
     _migrate(url)
+    os.environ.pop(STATE_ENV, None)
+    if embedded is not None:
+        supervisor = Supervisor(embedded)
+        supervisor.start()
+        atexit.register(supervisor.stop)  # runs before embedded.stop (atexit is last in, first out)
+        os.environ[STATE_ENV] = str(supervisor.state_file)  # for the workers' /health
     # Workers build the app from the environment, so hand them the final settings that way.
     for f in fields(settings):
         value = getattr(settings, f.name)
@@ -108,29 +164,18 @@ def _serve(settings: Settings) -> None:
     atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     log.info("serving on http://%s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
-    uvicorn.run(
-        "energy_ingest.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    server.serve(settings)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    # The load tools take their own flags, not the service's settings.
-    if args.command in {"bench", "simulate"}:
+    # The simulator takes its own flags, not the service's settings.
+    if args.command == "simulate":
         logging.basicConfig(level="WARNING")
-        tool = benchmark if args.command == "bench" else simulate_runner
-        sys.exit(tool.main_from_args(args))
-    overrides = {
-        k: v for k, v in vars(args).items() if k not in {"command", "rollups_command", "rebuild_from", "rebuild_to"}
-    }
+        sys.exit(simulate_runner.main_from_args(args))
+    # Flags named like settings override them; the rest belong to their subcommand.
+    settings_names = {f.name for f in fields(Settings)}
+    overrides = {k: v for k, v in vars(args).items() if k in settings_names}
     try:
         settings = Settings.from_env().with_overrides(**overrides)
     except SettingsError as exc:
@@ -147,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
             url, _embedded = resolve_database(settings)
             _migrate(url)
             print(asyncio.run(_rebuild(url, args.rebuild_from, args.rebuild_to)))
+        elif args.command == "readings":
+            url, _embedded = resolve_database(settings)
+            _migrate(url)
+            print(asyncio.run(_delete(url, args)))
     except (OSError, psycopg.OperationalError) as exc:
         sys.exit(f"energy-ingest: cannot reach the database: {exc}")
 

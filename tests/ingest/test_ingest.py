@@ -149,8 +149,7 @@ def test_full_queue_answers_429_and_loses_no_accepted_reading(
     for _ in range(500):  # until the writer's flush of those 100 readings waits on the lock
         row = db.execute(
             # The writer's statement (pg_stat_activity keeps its first 1 kB, where the insert stands).
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO meter_%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO meter_%'"
         ).fetchone()
         if row == (1,):
             break
