@@ -77,6 +77,7 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
             concurrency=settings.writer_concurrency,
             max_pending_readings=settings.max_pending_readings,
             max_pending_requests=settings.max_pending_requests,
+            max_queue_delay_ms=settings.max_queue_delay_ms,
             copy_threshold=settings.copy_threshold_readings,
             observer=FlushMetrics(),
         )

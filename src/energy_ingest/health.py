@@ -1,10 +1,20 @@
-"""GET /health (the process answers) and GET /ready (the database answers)."""
+"""GET /health (the process answers) and GET /ready (the database answers).
+
+/health is 503 only when the embedded server is down for good: `serve`'s supervisor writes its state to the
+file named by EMBEDDED_STATE_FILE (unset for an external DATABASE_URL) and says "failed" after repeated
+failed restarts. While a restart is under way only /ready is 503.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import msgspec
 from litestar import get
 
+from energy_ingest.db.embedded import MAX_BACKOFF_S, STATE_ENV, read_state
+from energy_ingest.openapi import DATABASE_DOWN, ProblemOperation, problems
 from energy_ingest.problems import Problem
 from energy_ingest.services import ServicesDep
 
@@ -13,12 +23,32 @@ class Status(msgspec.Struct):
     status: str
 
 
-@get("/health", tags=["health"], summary="The process is up")
+@get(
+    "/health",
+    tags=["health"],
+    summary="The process is up (503: the embedded database could not be restarted)",
+    operation_class=ProblemOperation,
+    responses=problems({503: "The embedded PostgreSQL died and repeated restarts failed"}),
+)
 async def health() -> Status:
+    state_file = os.environ.get(STATE_ENV)
+    state = read_state(Path(state_file)) if state_file else None  # a few hundred bytes: read inline
+    if state is not None and state.get("state") == "failed":
+        raise Problem(
+            503,
+            f"the embedded database is down and {state.get('failures')} restarts failed: {state.get('detail')}",
+            headers={"Retry-After": str(int(MAX_BACKOFF_S))},  # the supervisor keeps trying at this interval
+        )
     return Status(status="ok")
 
 
-@get("/ready", tags=["health"], summary="The database answers (503 otherwise)")
+@get(
+    "/ready",
+    tags=["health"],
+    summary="The database answers (503 otherwise)",
+    operation_class=ProblemOperation,
+    responses=problems({503: DATABASE_DOWN}),
+)
 async def ready(services: ServicesDep) -> Status:
     try:
         async with services.pool.connection(timeout=services.settings.db_timeout_s) as conn:

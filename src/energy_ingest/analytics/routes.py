@@ -11,11 +11,19 @@ from litestar.params import QueryParameter
 from energy_ingest.analytics import fleet, service
 from energy_ingest.analytics.fleet import FleetReport
 from energy_ingest.analytics.service import MeterReport, PerformanceReport, Window
-from energy_ingest.params import MeterIdPath, VehicleIdPath, parse_instant
+from energy_ingest.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
+from energy_ingest.params import MeterIdPath, VehicleIdPath, parse_finite, parse_instant
 from energy_ingest.services import Services, ServicesDep
 
-From = Annotated[str | None, QueryParameter(name="from", description="Window start, RFC 3339 (inclusive)")]
-To = Annotated[str | None, QueryParameter(description="Window end, RFC 3339 (exclusive)")]
+From = Annotated[
+    str | None,
+    QueryParameter(
+        name="from", format="date-time", description="Window start, RFC 3339 with `Z` or an offset (inclusive)"
+    ),
+]
+To = Annotated[
+    str | None, QueryParameter(format="date-time", description="Window end, RFC 3339 with `Z` or an offset (exclusive)")
+]
 BucketParam = Annotated[
     Literal["15m", "1h", "1d"] | None,
     QueryParameter(description="Also return a `series` of per-bucket figures, for charts"),
@@ -25,8 +33,8 @@ Tz = Annotated[str, QueryParameter(description="IANA time zone that `1d` buckets
 
 def _window(services: Services, from_: str | None, to: str | None, bucket: str | None, tz: str) -> Window:
     return service.resolve_window(
-        parse_instant("from", from_) if from_ else None,
-        parse_instant("to", to) if to else None,
+        parse_instant("from", from_) if from_ is not None else None,  # `?from=` is a bad timestamp, not none
+        parse_instant("to", to) if to is not None else None,
         datetime.now(UTC),
         bucket=bucket,
         tz=tz,
@@ -34,10 +42,18 @@ def _window(services: Services, from_: str | None, to: str | None, bucket: str |
     )
 
 
+_WINDOW_ERRORS = {
+    400: BAD_PARAMETERS + " (a window longer than 31 days, `from` not before `to`, an unknown `tz`, …)",
+    503: DATABASE_DOWN,
+}
+
+
 @get(
     "/v1/analytics/performance/{vehicleId:str}",
     tags=["analytics"],
     summary="A vehicle's energy totals and charging efficiency over a window (default: the last 24 hours)",
+    operation_class=ProblemOperation,
+    responses=problems({**_WINDOW_ERRORS, 404: "The vehicle has sent no reading and has no meter link"}),
 )
 async def vehicle_performance(
     services: ServicesDep,
@@ -55,6 +71,8 @@ async def vehicle_performance(
     "/v1/analytics/meters/{meterId:str}",
     tags=["analytics"],
     summary="A meter's energy and voltage over a window (default: the last 24 hours)",
+    operation_class=ProblemOperation,
+    responses=problems({**_WINDOW_ERRORS, 404: "The meter has sent no reading"}),
 )
 async def meter_analytics(
     services: ServicesDep,
@@ -71,6 +89,13 @@ async def meter_analytics(
     "/v1/analytics/fleet",
     tags=["analytics"],
     summary="Every vehicle's totals and efficiency over a window, worst first (default: the last 24 complete hours)",
+    operation_class=ProblemOperation,
+    responses=problems(
+        {
+            **_WINDOW_ERRORS,
+            400: BAD_PARAMETERS + " (a bad window, `limit` out of 1–1000, a `cursor` not given out here)",
+        }
+    ),
 )
 async def fleet_report(
     services: ServicesDep,
@@ -78,17 +103,20 @@ async def fleet_report(
     to: To = None,
     below: Annotated[float | None, QueryParameter(description="Alert threshold (default EFFICIENCY_THRESHOLD)")] = None,
     min_ac_kwh: Annotated[
-        float, QueryParameter(name="minAcKwh", description="Less AC than this: insufficientData, not judged")
+        float, QueryParameter(name="minAcKwh", ge=0, description="Less AC than this: insufficientData, not judged")
     ] = 1.0,
-    limit: Annotated[int, QueryParameter(description="Vehicles per page, 1–1000")] = 100,
+    limit: Annotated[int, QueryParameter(ge=1, le=fleet.MAX_LIMIT, description="Vehicles per page, 1–1000")] = 100,
     cursor: Annotated[str | None, QueryParameter(description="`nextCursor` of the previous page")] = None,
 ) -> FleetReport:
     start, end = fleet.default_window(datetime.now(UTC))
     window = service.resolve_window(
-        parse_instant("from", from_) if from_ else (start if not to else None),
-        parse_instant("to", to) if to else end,
+        parse_instant("from", from_) if from_ is not None else (start if to is None else None),
+        parse_instant("to", to) if to is not None else end,
         datetime.now(UTC),
         raw_retention_days=services.settings.raw_retention_days,
     )
+    below = parse_finite("below", below)
     threshold = services.settings.efficiency_threshold if below is None else below
-    return await fleet.report(services.pool, window, threshold, min_ac_kwh, limit, cursor)
+    min_ac = parse_finite("minAcKwh", min_ac_kwh)
+    assert min_ac is not None
+    return await fleet.report(services.pool, window, threshold, min_ac, limit, cursor)

@@ -8,11 +8,11 @@ from typing import Any, cast
 
 import msgspec
 from litestar import Request, post
-from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec import Example, OpenAPIMediaType, RequestBody, Schema
 
 from energy_ingest.config import Settings
-from energy_ingest.problems import Problem, ProblemDetails
+from energy_ingest.openapi import DATABASE_DOWN, ProblemOperation, problems
+from energy_ingest.problems import Problem
 from energy_ingest.services import Services, ServicesDep
 from energy_ingest.telemetry.decode import BodyError, InvalidReadings, Rules, decode_body
 from energy_ingest.telemetry.readings import MeterReading, VehicleReading
@@ -45,27 +45,41 @@ def _reading_schema() -> dict[str, Any]:
     return {"anyOf": kinds}
 
 
+_EXAMPLE = Example(
+    summary="A meter's and a vehicle's reading",
+    value=[
+        {"meterId": "MTR-1001", "kwhConsumedAc": 15.5, "voltage": 230, "timestamp": "2026-11-26T17:00:00Z"},
+        {
+            "vehicleId": "EV-2001",
+            "soc": 78,
+            "kwhDeliveredDc": 12.2,
+            "batteryTemp": 34,
+            "timestamp": "2026-11-26T17:00:00Z",
+        },
+    ],
+)
+
+
 @dataclass
-class _IngestOperation(Operation):
+class _IngestOperation(ProblemOperation):
     """The route reads its body itself (JSON or NDJSON); its schema still comes from the reading types."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         reading = _reading_schema()
+        readings = {"type": "array", "items": reading, "minItems": 1, "maxItems": 10_000}
         self.request_body = RequestBody(
             required=True,
-            description="One reading, an array of readings (mixed types, up to 10,000), "
-            "or NDJSON with one reading per line. `type` is optional: the id field decides.",
+            description="`application/json`: one reading, or an array of up to 10,000 (mixed types). "
+            "`application/x-ndjson`: a stream of up to 10,000 readings, one JSON object per line "
+            "(described here as the array of those lines). `type` is optional: the id field decides.",
             content={
                 "application/json": OpenAPIMediaType(
-                    schema=cast(Schema, {"anyOf": [reading, {"type": "array", "items": reading, "maxItems": 10_000}]})
+                    schema=cast(Schema, {"anyOf": [reading, readings]}), examples={"readings": _EXAMPLE}
                 ),
-                "application/x-ndjson": OpenAPIMediaType(schema=cast(Schema, reading)),
+                "application/x-ndjson": OpenAPIMediaType(schema=cast(Schema, readings)),
             },
         )
-
-
-def _problem(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=ProblemDetails, description=description, media_type="application/problem+json")
 
 
 def rules_for(settings: Settings) -> Rules:
@@ -73,6 +87,7 @@ def rules_for(settings: Settings) -> Rules:
         max_readings=settings.max_readings_per_request,
         max_future_skew=timedelta(seconds=settings.max_future_skew_s),
         max_backfill=timedelta(days=settings.raw_retention_days),
+        max_interval_kwh=settings.max_interval_kwh,
     )
 
 
@@ -82,15 +97,20 @@ def rules_for(settings: Settings) -> Rules:
     operation_class=_IngestOperation,
     tags=["ingest"],
     summary="Ingest meter and vehicle readings",
+    response_description="Stored (`accepted`) or already there (`duplicates`), answered after the commit",
     description="Atomic: either every reading is stored (answered after the commit) or none is. "
     "A reading already stored (same device and timestamp) is counted as a duplicate, not stored again.",
-    responses={
-        400: _problem("Malformed JSON or invalid readings (listed by index, field and reason)"),
-        413: _problem("Body or reading count over the limit"),
-        415: _problem("Content-Type is neither JSON nor NDJSON"),
-        429: _problem("Ingest queue full: retry after Retry-After seconds"),
-        503: _problem("Database unavailable: retry after Retry-After seconds"),
-    },
+    responses=problems(
+        {
+            400: "Malformed JSON, no readings, or invalid readings (each listed in `errors` by index, field "
+            "and reason, and `line` for NDJSON); nothing was stored",
+            413: "Body over BODY_LIMIT_BYTES or more readings than MAX_READINGS_PER_REQUEST; nothing was stored",
+            415: "Content-Type is neither JSON nor NDJSON",
+            429: "The ingest queue is full, or the server holds as many request bodies as it may: nothing of the "
+            "request was taken; retry after `Retry-After` seconds",
+            503: DATABASE_DOWN + "; nothing was stored",
+        }
+    ),
 )
 async def ingest(request: Request[Any, Any, Any], services: ServicesDep) -> IngestAccepted:
     return await accept(services, request.content_type[0], await request.body())

@@ -6,10 +6,12 @@ from datetime import UTC, datetime
 
 import msgspec
 from litestar import Response, delete, get, put
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
 from energy_ingest.links import service
 from energy_ingest.links.repository import LinkRow
+from energy_ingest.openapi import BAD_PARAMETERS, BODY_ERRORS, DATABASE_DOWN, ProblemOperation, problems
 from energy_ingest.params import VehicleIdPath
 from energy_ingest.problems import Problem
 from energy_ingest.services import ServicesDep
@@ -47,7 +49,25 @@ def _state(vehicle_id: str, rows: list[LinkRow], now: datetime) -> LinkState:
     )
 
 
-@put("/v1/vehicles/{vehicleId:str}/meter", tags=["links"], summary="Link a vehicle to a charger's meter")
+@put(
+    "/v1/vehicles/{vehicleId:str}/meter",
+    tags=["links"],
+    summary="Link a vehicle to a charger's meter",
+    description="From `from` (default now) on; ends the vehicle's link in force at that instant.",
+    response_description="The vehicle already had this meter: nothing changed",
+    operation_class=ProblemOperation,
+    responses={
+        201: ResponseSpec(LinkState, description="Linked: the new link and the history", generate_examples=False),
+        **problems(
+            {
+                400: "Invalid vehicle id, or a body that is not a link (`meterId`, optional `from` with a time zone)",
+                409: "The meter serves another vehicle then, or the vehicle has a later link",
+                503: DATABASE_DOWN,
+                **BODY_ERRORS,
+            }
+        ),
+    },
+)
 async def put_link(services: ServicesDep, data: JSONBody[LinkRequest], vehicleId: VehicleIdPath) -> Response[LinkState]:
     now = datetime.now(UTC)
     start = data.from_ or now
@@ -58,7 +78,13 @@ async def put_link(services: ServicesDep, data: JSONBody[LinkRequest], vehicleId
     return Response(_state(vehicleId, rows, now), status_code=201 if created else 200)
 
 
-@get("/v1/vehicles/{vehicleId:str}/meter", tags=["links"], summary="Current link and link history")
+@get(
+    "/v1/vehicles/{vehicleId:str}/meter",
+    tags=["links"],
+    summary="Current link and link history",
+    operation_class=ProblemOperation,
+    responses=problems({400: BAD_PARAMETERS, 404: "The vehicle has never been linked to a meter", 503: DATABASE_DOWN}),
+)
 async def get_link(services: ServicesDep, vehicleId: VehicleIdPath) -> LinkState:
     rows = await service.history(services.pool, vehicleId)
     if not rows:
@@ -66,7 +92,14 @@ async def get_link(services: ServicesDep, vehicleId: VehicleIdPath) -> LinkState
     return _state(vehicleId, rows, datetime.now(UTC))
 
 
-@delete("/v1/vehicles/{vehicleId:str}/meter", tags=["links"], summary="End the current link now", status_code=200)
+@delete(
+    "/v1/vehicles/{vehicleId:str}/meter",
+    tags=["links"],
+    summary="End the current link now",
+    status_code=200,
+    operation_class=ProblemOperation,
+    responses=problems({400: BAD_PARAMETERS, 404: "The vehicle has no current link", 503: DATABASE_DOWN}),
+)
 async def delete_link(services: ServicesDep, vehicleId: VehicleIdPath) -> LinkState:
     now = datetime.now(UTC)
     await service.unlink(services.pool, vehicleId, now)

@@ -13,6 +13,8 @@ from litestar.params import QueryParameter
 
 from energy_ingest.live import queries
 from energy_ingest.live.queries import MeterLive, VehicleLive
+from energy_ingest.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
+from energy_ingest.params import parse_device_cursor
 from energy_ingest.problems import Problem
 from energy_ingest.services import ServicesDep
 
@@ -21,7 +23,7 @@ MAX_STALE = timedelta(days=3650)
 _DURATION = re.compile(r"^(\d{1,9})([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
-Limit = Annotated[int, QueryParameter(description="Devices per page, 1–1000")]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Devices per page, 1–1000")]
 Cursor = Annotated[str | None, QueryParameter(description="`nextCursor` of the previous page")]
 Stale = Annotated[
     str | None,
@@ -61,17 +63,36 @@ def _limit(limit: int) -> int:
     return limit
 
 
-@get("/v1/vehicles/live", tags=["live"], summary="Every vehicle's newest reading, by id")
+_ERRORS = problems({400: BAD_PARAMETERS + " (`limit` out of 1–1000, `stale` not a duration)", 503: DATABASE_DOWN})
+
+
+@get(
+    "/v1/vehicles/live",
+    tags=["live"],
+    summary="Every vehicle's newest reading, by id",
+    operation_class=ProblemOperation,
+    responses=_ERRORS,
+)
 async def vehicles_live(
     services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
 ) -> VehiclePage:
-    rows = await queries.vehicles(services.pool, _limit(limit), cursor, _silent_since(stale))
+    rows = await queries.vehicles(
+        services.pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
+    )
     return VehiclePage(devices=rows, next_cursor=rows[-1].vehicle_id if len(rows) == limit else None)
 
 
-@get("/v1/meters/live", tags=["live"], summary="Every meter's newest reading, by id")
+@get(
+    "/v1/meters/live",
+    tags=["live"],
+    summary="Every meter's newest reading, by id",
+    operation_class=ProblemOperation,
+    responses=_ERRORS,
+)
 async def meters_live(
     services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
 ) -> MeterPage:
-    rows = await queries.meters(services.pool, _limit(limit), cursor, _silent_since(stale))
+    rows = await queries.meters(
+        services.pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
+    )
     return MeterPage(devices=rows, next_cursor=rows[-1].meter_id if len(rows) == limit else None)

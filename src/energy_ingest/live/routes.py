@@ -6,12 +6,19 @@ from litestar import get
 
 from energy_ingest.live import queries
 from energy_ingest.live.queries import MeterLive, VehicleLive
+from energy_ingest.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
 from energy_ingest.params import MeterIdPath, VehicleIdPath
 from energy_ingest.problems import Problem
 from energy_ingest.services import ServicesDep
 
 
-@get("/v1/meters/{meterId:str}/live", tags=["live"], summary="A meter's newest reading")
+@get(
+    "/v1/meters/{meterId:str}/live",
+    tags=["live"],
+    summary="A meter's newest reading",
+    operation_class=ProblemOperation,
+    responses=problems({400: BAD_PARAMETERS, 404: "No reading from this meter", 503: DATABASE_DOWN}),
+)
 async def meter_live(services: ServicesDep, meterId: MeterIdPath) -> MeterLive:
     found = await queries.meter(services.pool, meterId)
     if found is None:
@@ -19,7 +26,13 @@ async def meter_live(services: ServicesDep, meterId: MeterIdPath) -> MeterLive:
     return found
 
 
-@get("/v1/vehicles/{vehicleId:str}/live", tags=["live"], summary="A vehicle's newest reading")
+@get(
+    "/v1/vehicles/{vehicleId:str}/live",
+    tags=["live"],
+    summary="A vehicle's newest reading",
+    operation_class=ProblemOperation,
+    responses=problems({400: BAD_PARAMETERS, 404: "No reading from this vehicle", 503: DATABASE_DOWN}),
+)
 async def vehicle_live(services: ServicesDep, vehicleId: VehicleIdPath) -> VehicleLive:
     found = await queries.vehicle(services.pool, vehicleId)
     if found is None:
