@@ -53,6 +53,17 @@ def _send_in_background(client: TestClient[Any], minutes: list[int], answers: li
     return threads
 
 
+def _wait_until_writing(db: Conn) -> None:
+    for _ in range(500):
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO meter_%'"
+        ).fetchone()
+        if row == (1,):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the writer's flush never waited on the lock")
+
+
 def _count(db: Conn) -> int:
     row = db.execute("SELECT count(*) FROM meter_readings").fetchone()
     assert row is not None
@@ -78,7 +89,9 @@ def test_waiting_single_readings_are_bounded(few_requests: tuple[TestClient[Any]
 def test_a_queue_that_waits_too_long_refuses_new_requests(short_delay: tuple[TestClient[Any], Conn], db: Conn) -> None:
     client, locker = short_delay
     answers: list[int] = []
-    threads = _send_in_background(client, [1, 2], answers)  # one being written, one queued behind it
+    threads = _send_in_background(client, [1], answers)
+    _wait_until_writing(db)  # the first request's flush waits on the lock...
+    threads += _send_in_background(client, [2], answers)  # ...so the second one waits in the queue
     time.sleep(0.8)
     assert client.post("/v1/ingest", json=meter("WARM", T + timedelta(minutes=3))).status_code == 429
     locker.rollback()
