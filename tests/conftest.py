@@ -21,8 +21,12 @@ from litestar.testing import TestClient
 from energy_ingest.app import create_app
 from energy_ingest.config import Settings
 from energy_ingest.db.embedded import EmbeddedPostgres, scratch_data_dir
-from energy_ingest.db.migrations import apply_migrations
+from energy_ingest.db.migrate import apply_migrations
+from energy_ingest.keys import service as keys_service
 from energy_ingest_bench.scratch import create_database, drop_database
+
+# Keys made for the session, by name ("admin").
+KEYS: dict[str, str] = {}
 
 CLEAN = (
     "TRUNCATE meter_readings, vehicle_readings, meter_hourly, vehicle_hourly,"
@@ -52,6 +56,7 @@ def database_url() -> Iterator[str]:
     try:
         url, name = create_database(server_url, "energy_ingest_test")
         asyncio.run(apply_migrations(url))
+        KEYS["admin"] = asyncio.run(_create_key(url, "tests (admin)", ["admin"]))
         yield url
         drop_database(server_url, name)
     finally:
@@ -75,15 +80,33 @@ def db(database_url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
         yield conn
 
 
+async def _create_key(url: str, name: str, scopes: list[str], **options: Any) -> str:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return (await keys_service.create(conn, name, scopes, **options)).key
+
+
 def make_settings(database_url: str, **overrides: object) -> Settings:
-    base = Settings(database_url=database_url, flush_interval_ms=1.0, db_timeout_s=2.0, data_dir=Path("unused"))
+    base = Settings(
+        database_url=database_url,
+        flush_interval_ms=1.0,
+        db_timeout_s=2.0,
+        data_dir=Path("unused"),
+        allowed_hosts="testserver.local,localhost,127.0.0.1",  # the test clients' Host
+    )
     return base.with_overrides(**overrides)
+
+
+def api(app: Any, key: str | None = None) -> TestClient[Any]:
+    """A test client of `app` that sends a key (the session's admin key unless told otherwise)."""
+    client: TestClient[Any] = TestClient(app)
+    client.headers["Authorization"] = f"Bearer {key or KEYS['admin']}"
+    return client
 
 
 @pytest.fixture(scope="session")
 def session_client(database_url: str) -> Iterator[TestClient[Any]]:
     app = create_app(make_settings(database_url), database_url)
-    with TestClient(app) as client:
+    with api(app) as client:
         yield client
 
 

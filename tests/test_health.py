@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api, make_settings
 from tests.support import PostgresProxy, hour_ago, meter, vehicle
 
 T = hour_ago()
@@ -27,7 +27,7 @@ def proxied(database_url: str) -> Iterator[tuple[TestClient[Any], PostgresProxy]
     proxy.up()
     settings = make_settings(proxy.url, db_timeout_s=1.0, retry_after_s=3)
     try:
-        with TestClient(create_app(settings, proxy.url)) as client:
+        with api(create_app(settings, proxy.url)) as client:
             yield client, proxy
     finally:
         proxy.down()

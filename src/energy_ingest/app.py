@@ -1,4 +1,4 @@
-"""ASGI assembly: routes, error handlers, OpenAPI, and the process's pool and writer."""
+"""ASGI assembly: routes, the key guard, error handlers, OpenAPI, and the process's pool, writer and keys."""
 
 from __future__ import annotations
 
@@ -12,23 +12,31 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from energy_ingest import __version__
-from energy_ingest.analytics.routes import fleet_report, meter_analytics, vehicle_performance
+from energy_ingest.analytics.endpoints import fleet_report, meter_analytics, vehicle_performance
 from energy_ingest.config import Settings
 from energy_ingest.db.partitions import compact_closed_days, drop_expired
 from energy_ingest.db.pool import open_pool
-from energy_ingest.health import health, ready
-from energy_ingest.ingest.fast import IngestFastPath
-from energy_ingest.ingest.routes import ingest, rules_for
+from energy_ingest.http.auth import authenticate
+from energy_ingest.http.context import Services, get_services
+from energy_ingest.http.front import FrontDoor
+from energy_ingest.http.health import health, ready
+from energy_ingest.http.openapi import swagger_assets, swagger_plugin
+from energy_ingest.http.problems import make_handlers
+from energy_ingest.ingest.endpoints import PATH as INGEST_PATH
+from energy_ingest.ingest.endpoints import delete_meter_readings, delete_vehicle_readings, ingest
+from energy_ingest.ingest.endpoints import operation as ingest_operation
+from energy_ingest.ingest.service import IngestService
 from energy_ingest.ingest.writer import GroupCommitWriter
-from energy_ingest.links.routes import delete_link, get_link, put_link
+from energy_ingest.keys.endpoints import create_key, list_keys, revoke_key
+from energy_ingest.keys.service import KeyCache, keep_fresh
+from energy_ingest.links.endpoints import delete_link, get_link, put_link
+from energy_ingest.live.endpoints import meter_live, vehicle_live
 from energy_ingest.live.lists import meters_live, vehicles_live
-from energy_ingest.live.routes import meter_live, vehicle_live
 from energy_ingest.metrics import QUEUE, FlushMetrics, count_requests, metrics_endpoint
-from energy_ingest.openapi import swagger_assets, swagger_plugin
-from energy_ingest.problems import make_handlers
-from energy_ingest.services import Services, get_services
+from energy_ingest.readings.decode import rules_from
 
 log = logging.getLogger("energy_ingest")
 
@@ -64,7 +72,7 @@ async def _sample_queue(writer: GroupCommitWriter) -> None:
         await asyncio.sleep(0.5)
 
 
-def create_app(settings: Settings, database_url: str) -> IngestFastPath:
+def create_app(settings: Settings, database_url: str) -> FrontDoor:
     """The service, talking to `database_url` (migrations must already be applied)."""
 
     @contextlib.asynccontextmanager
@@ -81,15 +89,29 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
             copy_threshold=settings.copy_threshold_readings,
             observer=FlushMetrics(),
         )
-        services = Services(settings=settings, pool=pool, writer=writer, rules=rules_for(settings))
+        keys = KeyCache(workers=settings.workers)
+        with contextlib.suppress(Exception):  # the database may be away at start; the poller catches up
+            async with pool.connection(timeout=settings.db_timeout_s) as conn:
+                await keys.refresh(conn)
+        services = Services(
+            settings=settings,
+            pool=pool,
+            writer=writer,
+            rules=rules_from(settings),
+            keys=keys,
+            ingest=IngestService(writer, keys),
+        )
         app.state.services = services
         writer.start()
         upkeep = asyncio.create_task(_keep_partitions(services), name="partition-upkeep")
         sampler = asyncio.create_task(_sample_queue(writer), name="queue-sampler")
+        key_poller = asyncio.create_task(keep_fresh(keys, pool), name="key-poller")
+        if not settings.auth:
+            log.warning("AUTHENTICATION IS OFF: anyone who reaches %s can write and read everything", settings.host)
         try:
             yield
         finally:
-            for task in (upkeep, sampler):
+            for task in (upkeep, sampler, key_poller):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -99,6 +121,11 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
     app = Litestar(
         route_handlers=[
             ingest,
+            create_key,
+            list_keys,
+            revoke_key,
+            delete_meter_readings,
+            delete_vehicle_readings,
             vehicle_performance,
             meter_analytics,
             fleet_report,
@@ -115,6 +142,7 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
             swagger_assets(),
         ],
         middleware=[count_requests],
+        guards=[authenticate],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=make_handlers(settings.retry_after_s),  # type: ignore[arg-type]
         lifespan=[lifespan],
@@ -126,13 +154,25 @@ def create_app(settings: Settings, database_url: str) -> IngestFastPath:
             "Every error is `application/problem+json` (RFC 9457).",
             path="/",
             render_plugins=[JsonRenderPlugin(path="/openapi.json"), swagger_plugin("/docs")],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="An API key: `Authorization: Bearer ei_…` (energy-ingest keys create)",
+                    )
+                }
+            ),
+            security=[{"bearer": []}],
         ),
         debug=False,
     )
-    return IngestFastPath(app)
+    # The ingest endpoint is a bare ASGI handler: its operation is written out by hand.
+    app.openapi_schema.paths = {INGEST_PATH: ingest_operation(), **(app.openapi_schema.paths or {})}
+    return FrontDoor(app)
 
 
-def create_app_from_env() -> IngestFastPath:
+def create_app_from_env() -> FrontDoor:
     """Factory for server workers: settings and DATABASE_URL from the environment."""
     settings = Settings.from_env()
     if not settings.database_url:

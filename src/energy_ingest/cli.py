@@ -19,8 +19,10 @@ import psycopg
 
 from energy_ingest.config import Settings, SettingsError
 from energy_ingest.db.embedded import STATE_ENV, EmbeddedError, EmbeddedPostgres, Supervisor
-from energy_ingest.db.migrations import apply_migrations
+from energy_ingest.db.migrate import apply_migrations
+from energy_ingest.errors import DomainError
 from energy_ingest.ingest import repair
+from energy_ingest.keys import service as keys_service
 from energy_ingest.rollups import rebuild as rollup_rebuild
 from energy_ingest.simulate import runner as simulate_runner
 
@@ -45,6 +47,34 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-future-skew-s", type=float, help="env MAX_FUTURE_SKEW_S, default 300")
     serve.add_argument("--body-limit-bytes", type=int, help="env BODY_LIMIT_BYTES, default 8 MiB")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env LOG_LEVEL")
+    serve.add_argument(
+        "--no-auth",
+        dest="auth",
+        action="store_const",
+        const=False,
+        help="no API keys: anyone who reaches the port may do anything (env AUTH=off; loopback only, for demos)",
+    )
+
+    keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create_cmd = keys_sub.add_parser("create", help="create a key and print it (only the key, on stdout, once)")
+    _database_flags(create_cmd)
+    create_cmd.add_argument("--name", required=True, help="who or what holds it")
+    create_cmd.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        required=True,
+        choices=["ingest", "read", "admin"],
+        help="repeat for several",
+    )
+    create_cmd.add_argument("--device", help="the one device id whose readings the key may write")
+    create_cmd.add_argument("--rate-limit", type=float, help="readings per second this key may send")
+    list_cmd = keys_sub.add_parser("list", help="every key, without secrets")
+    _database_flags(list_cmd)
+    revoke_cmd = keys_sub.add_parser("revoke", help="revoke a key by its prefix (ei_xxxxxxxx)")
+    _database_flags(revoke_cmd)
+    revoke_cmd.add_argument("prefix", metavar="PREFIX")
 
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _database_flags(migrate)
@@ -89,7 +119,7 @@ async def _delete(url: str, args: argparse.Namespace) -> str:
             done = await repair.delete_readings(
                 conn, args.device, args.delete_from, args.delete_to, kind=args.kind, reason=args.reason, by="cli"
             )
-        except (repair.UnknownDevice, repair.AmbiguousDevice, ValueError) as exc:
+        except DomainError as exc:
             sys.exit(f"energy-ingest: {exc}")
     return (
         f"deleted {done.deleted} readings ({done.deleted_kwh:.6f} kWh) of {done.kind} {done.device_id}"
@@ -136,6 +166,47 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     sys.exit(0)
 
 
+def _first_admin_key(url: str, data_dir: Path) -> None:
+    """With no key at all, create an admin key: printed once, and kept in DATA_DIR/admin-key (owner only)."""
+
+    async def create() -> str | None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await keys_service.ensure_first_admin(conn, data_dir / "admin-key")
+
+    key = asyncio.run(create())
+    if key is not None:
+        print(f"energy-ingest: first start: created an admin key (also in {data_dir / 'admin-key'}):", flush=True)
+        print(key, flush=True)
+
+
+async def _keys(url: str, args: argparse.Namespace) -> str:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True, options="-c TimeZone=UTC") as conn:
+        try:
+            if args.keys_command == "create":
+                new = await keys_service.create(
+                    conn, args.name, args.scopes, device_id=args.device, rate_limit=args.rate_limit
+                )
+                return new.key
+            if args.keys_command == "revoke":
+                info = await keys_service.revoke(conn, args.prefix)
+                return f"revoked {info.prefix} ({info.name}); every worker refuses it within 5 s"
+            rows = await keys_service.list_keys(conn)
+        except DomainError as exc:
+            details = "; ".join(f"{e['field']}: {e['reason']}" for e in exc.errors or [])
+            sys.exit(f"energy-ingest: {exc}" + (f" ({details})" if details else ""))
+    lines = [f"{'PREFIX':<12} {'NAME':<24} {'SCOPES':<20} {'DEVICE':<16} {'CREATED':<20} {'LAST USED':<20} REVOKED"]
+    for k in rows:
+        lines.append(
+            f"{k.prefix:<12} {k.name[:24]:<24} {','.join(k.scopes):<20} {k.device_id or '-':<16} "
+            f"{_when(k.created_at):<20} {_when(k.last_used_at):<20} {_when(k.revoked_at)}"
+        )
+    return "\n".join(lines)
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if at else "-"
+
+
 def _serve(settings: Settings) -> None:
     from energy_ingest import server
 
@@ -147,6 +218,8 @@ def _serve(settings: Settings) -> None:
     if embedded is not None and not embedded.managed:
         sys.exit(f"energy-ingest: process {embedded.lock_holder()} manages {embedded.data_dir}; stop it first")
     _migrate(url)
+    if settings.auth:
+        _first_admin_key(url, settings.data_dir)
     os.environ.pop(STATE_ENV, None)
     if embedded is not None:
         supervisor = Supervisor(embedded)
@@ -192,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
             url, _embedded = resolve_database(settings)
             _migrate(url)
             print(asyncio.run(_rebuild(url, args.rebuild_from, args.rebuild_to)))
+        elif args.command == "keys":
+            url, _embedded = resolve_database(settings)
+            _migrate(url)
+            print(asyncio.run(_keys(url, args)))
         elif args.command == "readings":
             url, _embedded = resolve_database(settings)
             _migrate(url)

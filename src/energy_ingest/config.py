@@ -35,6 +35,9 @@ class Settings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     keep_alive_timeout_s: float = 5.0
+    # who may come in
+    auth: bool = True
+    allowed_hosts: str = ""  # comma-separated Host names; empty: the bind address and localhost
     # embedded server: the unprivileged user it runs as when started by root
     embedded_user: str = "nobody"
     # group-commit writer
@@ -65,6 +68,17 @@ class Settings:
         """Apply CLI flags that were given (None means 'not given')."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, **given).validated()
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """Host header values (without port) that requests may carry."""
+        if self.allowed_hosts.strip():
+            return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+        return frozenset({self.host.lower(), "localhost", "127.0.0.1", "::1", "[::1]"})
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in {"127.0.0.1", "localhost", "::1"} or self.host.startswith("127.")
 
     def validated(self) -> Settings:
         checks = [
@@ -101,6 +115,14 @@ class Settings:
             (self.db_timeout_s > 0, "DB_TIMEOUT_S must be > 0"),
             (self.workers >= 1, "WORKERS must be >= 1"),
         ]
+        if not self.auth and not self.loopback:
+            checks.append(
+                (
+                    False,
+                    f"authentication can be switched off (--no-auth, AUTH=off) only on a loopback address,"
+                    f" not on {self.host}: anyone who reaches the port could write and read everything",
+                )
+            )
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
@@ -110,6 +132,8 @@ class Settings:
 def _parse(name: str, raw: str, default: Any) -> Any:
     try:
         if isinstance(default, bool):
+            if raw.lower() not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                raise ValueError(raw)
             return raw.lower() in {"1", "true", "yes", "on"}
         if isinstance(default, int):
             return int(raw)

@@ -45,6 +45,9 @@ FLUSH_SECONDS = Histogram(
 QUEUE = Gauge("energy_ingest_queue_readings", "Readings accepted and not yet committed", multiprocess_mode="livesum")
 REJECTED = Counter("energy_ingest_rejected_requests", "Ingest requests answered 429 because the queue was full")
 DB_ERRORS = Counter("energy_ingest_database_errors", "Requests or flushes that failed on the database")
+AUTH_FAILURES = Counter(
+    "energy_ingest_auth_failures", "Requests refused 401: no key, an unknown or revoked key, a malformed header"
+)
 CONFLICTS = Counter(
     "energy_ingest_write_conflicts", "Flush attempts that lost a lock race (deadlock, serialization) and ran again"
 )

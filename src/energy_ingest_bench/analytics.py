@@ -19,7 +19,7 @@ import httpx
 import psycopg
 
 from energy_ingest.analytics import fleet, service
-from energy_ingest.analytics.queries import Statement
+from energy_ingest.analytics.repository import Statement
 from energy_ingest.db.partitions import compact_closed_days
 from energy_ingest.db.pool import Conn
 from energy_ingest.simulate.fleet import FleetConfig, iso

@@ -18,7 +18,7 @@ import psutil
 import psycopg
 
 from energy_ingest.db.embedded import EmbeddedPostgres, scratch_data_dir
-from energy_ingest.db.migrations import apply_migrations
+from energy_ingest.db.migrate import apply_migrations
 from energy_ingest_bench.scratch import create_database, drop_database
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.analytics import fleet, service
-from energy_ingest.analytics.queries import Statement
+from energy_ingest.analytics.repository import Statement
 from energy_ingest.db.pool import Conn as AsyncConn
 from tests.support import iso, meter, vehicle
 

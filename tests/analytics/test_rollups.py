@@ -17,7 +17,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api, make_settings
 from tests.support import iso, meter, vehicle
 
 Conn = psycopg.Connection[Any]
@@ -54,7 +54,7 @@ def _readings(rng: random.Random) -> list[dict[str, Any]]:
 def loaded(request: pytest.FixtureRequest, database_url: str, db: Conn) -> Iterator[TestClient[Any]]:
     """A fleet's readings sent shuffled, in pieces, a fifth of them twice, through one write path."""
     settings = make_settings(database_url, copy_threshold_readings=request.param)
-    with TestClient(create_app(settings, database_url)) as client:
+    with api(create_app(settings, database_url)) as client:
         for i in range(4):
             meter_id = f"M-{i}"
             assert (

@@ -12,7 +12,7 @@ from litestar.testing import TestClient
 from psycopg import sql
 
 from energy_ingest.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api, make_settings
 from tests.support import iso, vehicle
 
 Conn = psycopg.Connection[Any]
@@ -56,7 +56,7 @@ def test_service_drops_expired_partitions_and_answers_from_rollups_beyond(
 
     # A second service starts: its hourly upkeep runs at once.
     settings = make_settings(database_url)
-    with TestClient(create_app(settings, database_url)):
+    with api(create_app(settings, database_url)):
         deadline = time.monotonic() + 20
         while _exists(db, raw_old) or _exists(db, rollup_ancient):
             assert time.monotonic() < deadline, "retention did not run"
@@ -89,7 +89,7 @@ def test_ended_days_get_their_indexes_compacted_even_after_a_backfill(
         [name],
     )
     before = db.execute("SELECT pg_indexes_size(%s::regclass)", [name]).fetchone()
-    with TestClient(create_app(make_settings(database_url), database_url)):  # its upkeep runs at start
+    with api(create_app(make_settings(database_url), database_url)):  # its upkeep runs at start
         deadline = time.monotonic() + 30
         while not db.execute(
             "SELECT 1 FROM compacted_partitions WHERE name = %s AND heap_bytes > 0", [name]

@@ -14,7 +14,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api, make_settings
 from tests.support import hour_ago, meter
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -23,7 +23,7 @@ T = hour_ago(2)
 
 def _stalled(database_url: str, **settings: Any) -> Iterator[tuple[TestClient[Any], Conn]]:
     config = make_settings(database_url, writer_concurrency=1, pool_max_size=3, **settings)
-    with TestClient(create_app(config, database_url)) as client, psycopg.connect(database_url) as locker:
+    with api(create_app(config, database_url)) as client, psycopg.connect(database_url) as locker:
         assert client.post("/v1/ingest", json=meter("WARM", T)).status_code == 201  # partitions, device keys
         locker.execute("LOCK TABLE meter_live_status IN ACCESS EXCLUSIVE MODE")  # commits now wait
         yield client, locker

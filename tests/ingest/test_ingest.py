@@ -15,7 +15,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api, make_settings
 from tests.support import hour_ago, meter, vehicle
 
 T = hour_ago()
@@ -126,7 +126,7 @@ def test_partitions_exist_ahead_of_time(client: TestClient[Any], db: Conn) -> No
 def slow_writer_client(database_url: str, db: Conn) -> Iterator[tuple[TestClient[Any], Conn]]:
     """A service whose writer may hold at most 100 readings, and a connection to stall its commits."""
     settings = make_settings(database_url, max_pending_readings=100, max_readings_per_request=100)
-    with TestClient(create_app(settings, database_url)) as client, psycopg.connect(database_url) as locker:
+    with api(create_app(settings, database_url)) as client, psycopg.connect(database_url) as locker:
         yield client, locker
 
 

@@ -15,7 +15,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api, make_settings
 from tests.support import hour_ago, meter, vehicle
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -36,7 +36,7 @@ def _deadlocks(db: Conn) -> int:
 def two_workers(database_url: str, db: Conn) -> Iterator[list[TestClient[Any]]]:
     # A low COPY threshold sends batches of 2+ readings through staging while single readings go inline.
     settings = make_settings(database_url, copy_threshold_readings=50, flush_max_readings=2000)
-    with TestClient(create_app(settings, database_url)) as a, TestClient(create_app(settings, database_url)) as b:
+    with api(create_app(settings, database_url)) as a, api(create_app(settings, database_url)) as b:
         yield [a, b]
 
 

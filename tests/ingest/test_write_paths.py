@@ -12,7 +12,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import api, make_settings
 from tests.support import hour_ago, meter, vehicle
 
 T = hour_ago(3)
@@ -23,7 +23,7 @@ def path_client(
     request: pytest.FixtureRequest, database_url: str, db: psycopg.Connection[Any]
 ) -> Iterator[TestClient[Any]]:
     settings = make_settings(database_url, copy_threshold_readings=request.param)
-    with TestClient(create_app(settings, database_url)) as client:
+    with api(create_app(settings, database_url)) as client:
         yield client
 
 

@@ -22,7 +22,7 @@ import uvicorn
 
 from energy_ingest.app import create_app
 from energy_ingest.simulate import FleetConfig, FleetSimulation, GroundTruth, Reading, format_summary, run
-from tests.conftest import make_settings
+from tests.conftest import KEYS, make_settings
 
 START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
 ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -219,7 +219,7 @@ def test_runner_end_to_end(server_url: str, db: psycopg.Connection[tuple[Any, ..
     config = FleetConfig(
         devices=5, start=start, minutes=30, seed=3, duplicate_share=0.1, out_of_order=True, late_share=0.05
     )
-    summary = asyncio.run(run(server_url, config, batch_size=40, concurrency=4, progress=False))
+    summary = asyncio.run(run(server_url, config, batch_size=40, concurrency=4, progress=False, key=KEYS["admin"]))
 
     assert summary.errors == 0, summary.error_samples
     assert summary.links == 5
@@ -234,7 +234,11 @@ def test_runner_end_to_end(server_url: str, db: psycopg.Connection[tuple[Any, ..
     checked = [v for v in summary.truth.vehicles if v.total_ac > 0][:2]
     assert len(checked) == 2
     for truth in checked:
-        response = httpx.get(f"{server_url}/v1/analytics/performance/{truth.vehicle_id}", params=window)
+        response = httpx.get(
+            f"{server_url}/v1/analytics/performance/{truth.vehicle_id}",
+            params=window,
+            headers={"Authorization": f"Bearer {KEYS['admin']}"},
+        )
         assert response.status_code == 200, response.text
         report = response.json()
         assert report["meterIds"] == [truth.meter_id]

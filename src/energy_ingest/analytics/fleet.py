@@ -11,13 +11,13 @@ from typing import Literal
 
 import msgspec
 
-from energy_ingest.analytics import queries
-from energy_ingest.analytics.queries import NO_EFFICIENCY, FleetCursor, FleetRow
+from energy_ingest.analytics import repository
+from energy_ingest.analytics.repository import NO_EFFICIENCY, FleetCursor, FleetRow
 from energy_ingest.analytics.service import ReadingCounts, Resolution, Window, mean, round_kwh
 from energy_ingest.analytics.windows import HOUR, floor_hour, merge
 from energy_ingest.db.pool import Conn, Pool
-from energy_ingest.problems import Problem
-from energy_ingest.telemetry.readings import DEVICE_ID_PATTERN
+from energy_ingest.errors import InvalidInput
+from energy_ingest.readings.model import DEVICE_ID_PATTERN
 
 Status = Literal["alert", "ok", "insufficientData"]
 MAX_LIMIT = 1000
@@ -70,33 +70,33 @@ def decode_cursor(text: str) -> FleetCursor:
             raise ValueError(text)
         return FleetCursor(insufficient, sort_efficiency, vehicle_id)
     except (ValueError, TypeError, binascii.Error, InvalidOperation, msgspec.DecodeError):
-        raise Problem(
-            400, "`cursor` is not one this service gave out", errors=[{"field": "cursor", "reason": "malformed"}]
+        raise InvalidInput(
+            "`cursor` is not one this service gave out", errors=[{"field": "cursor", "reason": "malformed"}]
         ) from None
 
 
 async def fleet_plan(
     conn: Conn, window: Window, min_ac_kwh: float, after: FleetCursor | None, limit: int
-) -> queries.Statement:
+) -> repository.Statement:
     whole = window.cover()
     # Hours a link change cuts in two must come from readings, for the meters involved.
-    boundaries = await queries.link_boundaries(conn, whole.lo, whole.hi)
+    boundaries = await repository.link_boundaries(conn, whole.lo, whole.hi)
     cut_hours = [(floor_hour(b), floor_hour(b) + HOUR) for b in boundaries]
     ac_raw = whole.raw + [h for h in cut_hours if h[0] >= window.raw_from]
-    return queries.fleet_statement(whole, merge(ac_raw), min_ac_kwh, after, limit)
+    return repository.fleet_statement(whole, merge(ac_raw), min_ac_kwh, after, limit)
 
 
 async def report(
     pool: Pool, window: Window, below: float, min_ac_kwh: float, limit: int, cursor: str | None
 ) -> FleetReport:
     if not 1 <= limit <= MAX_LIMIT:
-        raise Problem(400, f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
     if min_ac_kwh < 0:
-        raise Problem(400, "`minAcKwh` must be ≥ 0", errors=[{"field": "minAcKwh", "reason": "negative"}])
+        raise InvalidInput("`minAcKwh` must be ≥ 0", errors=[{"field": "minAcKwh", "reason": "negative"}])
     after = decode_cursor(cursor) if cursor else None
     whole = window.cover()
     async with pool.connection() as conn:
-        total, rows = await queries.fleet_rows(conn, await fleet_plan(conn, window, min_ac_kwh, after, limit))
+        total, rows = await repository.fleet_rows(conn, await fleet_plan(conn, window, min_ac_kwh, after, limit))
     vehicles = [_vehicle(row, below) for row in rows]
     return FleetReport(
         from_=whole.lo,

@@ -10,11 +10,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from energy_ingest.analytics import queries
-from energy_ingest.analytics.queries import METERS, VEHICLES, WHOLE, Bucket, Sums
+from energy_ingest.analytics import repository
+from energy_ingest.analytics.repository import METERS, VEHICLES, WHOLE, Bucket, Sums
 from energy_ingest.analytics.windows import Cover, bucket_cuts, bucket_starts, cover
 from energy_ingest.db.pool import Conn, Pool
-from energy_ingest.problems import Problem
+from energy_ingest.errors import InvalidInput, NotFound
 
 MAX_WINDOW = timedelta(days=31)
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -103,20 +103,19 @@ def resolve_window(
     end = end or now
     start = start or end - DEFAULT_WINDOW
     if start >= end:
-        raise Problem(400, "`from` must be before `to`", errors=[{"field": "from", "reason": "not before `to`"}])
+        raise InvalidInput("`from` must be before `to`", errors=[{"field": "from", "reason": "not before `to`"}])
     if end - start > MAX_WINDOW:
-        raise Problem(
-            400,
+        raise InvalidInput(
             "the window may span at most 31 days",
             errors=[{"field": "from", "reason": "window longer than 31 days"}],
         )
     if bucket not in (None, "15m", "1h", "1d"):
-        raise Problem(400, "`bucket` must be 15m, 1h or 1d", errors=[{"field": "bucket", "reason": "unknown"}])
+        raise InvalidInput("`bucket` must be 15m, 1h or 1d", errors=[{"field": "bucket", "reason": "unknown"}])
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise Problem(
-            400, f"`tz` {tz!r} is not an IANA time zone", errors=[{"field": "tz", "reason": "unknown zone"}]
+        raise InvalidInput(
+            f"`tz` {tz!r} is not an IANA time zone", errors=[{"field": "tz", "reason": "unknown zone"}]
         ) from None
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     raw_from = today - timedelta(days=raw_retention_days)
@@ -154,29 +153,29 @@ def _points(window: Window, whole: Cover) -> list[datetime]:
 @dataclass(frozen=True, slots=True)
 class PerformancePlan:
     whole: Cover
-    segments: list[queries.Segment]
+    segments: list[repository.Segment]
     widened: bool
-    statement: queries.Statement | None
+    statement: repository.Statement | None
 
 
 async def performance_plan(conn: Conn, vehicle_id: str, window: Window) -> PerformancePlan:
     """What to read for a vehicle's report: its DC over the window, AC over each link segment."""
     whole = window.cover()
-    vehicle_key, known = await queries.vehicle_context(conn, vehicle_id)
+    vehicle_key, known = await repository.vehicle_context(conn, vehicle_id)
     if not known:
-        raise Problem(404, f"vehicle {vehicle_id} is unknown: it has sent no reading and has no meter link")
-    segments = await queries.segments(conn, vehicle_id, whole.lo, whole.hi)
+        raise NotFound(f"vehicle {vehicle_id} is unknown: it has sent no reading and has no meter link")
+    segments = await repository.segments(conn, vehicle_id, whole.lo, whole.hi)
     seg_covers = [window.cover(s.lo, s.hi) for s in segments]
     parts = [(VEHICLES, vehicle_key, whole, 0)] if vehicle_key is not None else []
     parts += [(METERS, s.meter_key, c, 1) for s, c in zip(segments, seg_covers, strict=True) if s.meter_key is not None]
     widened = whole.widened or any(c.widened for c in seg_covers)
-    return PerformancePlan(whole, segments, widened, queries.device_statement(parts, window.bucket, window.tz))
+    return PerformancePlan(whole, segments, widened, repository.device_statement(parts, window.bucket, window.tz))
 
 
 async def performance(pool: Pool, vehicle_id: str, window: Window, threshold: float) -> PerformanceReport:
     async with pool.connection() as conn:
         plan = await performance_plan(conn, vehicle_id, window)
-        dc, ac = await queries.run_series(conn, plan.statement, 2)
+        dc, ac = await repository.run_series(conn, plan.statement, 2)
     whole, segments = plan.whole, plan.segments
     dc_total, ac_total = dc.total(), ac.total()
     efficiency = _efficiency(dc_total.kwh, ac_total.kwh)
@@ -216,17 +215,17 @@ def _voltage(s: Sums) -> VoltageStats:
     return VoltageStats(min=s.value_min, avg=mean(s.value_sum, s.readings), max=s.value_max)
 
 
-async def meter_plan(conn: Conn, meter_id: str, window: Window) -> queries.Statement | None:
-    key = await queries.meter_key(conn, meter_id)
+async def meter_plan(conn: Conn, meter_id: str, window: Window) -> repository.Statement | None:
+    key = await repository.meter_key(conn, meter_id)
     if key is None:
-        raise Problem(404, f"meter {meter_id} is unknown: it has sent no reading")
-    return queries.device_statement([(METERS, key, window.cover(), 0)], window.bucket, window.tz)
+        raise NotFound(f"meter {meter_id} is unknown: it has sent no reading")
+    return repository.device_statement([(METERS, key, window.cover(), 0)], window.bucket, window.tz)
 
 
 async def meter_report(pool: Pool, meter_id: str, window: Window) -> MeterReport:
     whole = window.cover()
     async with pool.connection() as conn:
-        (series,) = await queries.run_series(conn, await meter_plan(conn, meter_id, window), 1)
+        (series,) = await repository.run_series(conn, await meter_plan(conn, meter_id, window), 1)
     total = series.total()
     points = None
     if window.bucket is not None:

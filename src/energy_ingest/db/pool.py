@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from energy_ingest.config import Settings
 
 # Connections hand back plain tuples unless a query asks for another row type.
 Conn = AsyncConnection[tuple[Any, ...]]
 Pool = AsyncConnectionPool[Conn]
+
+DB_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+# Class 40 (deadlock, serialization failure) is an OperationalError to psycopg, but it says
+# nothing about the database being away: the transaction lost a race and is simply run again.
+CONFLICT = psycopg.errors.TransactionRollback
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database is away or refuses work, as opposed to a lost race or a bad row."""
+    return isinstance(exc, DB_UNAVAILABLE) and not isinstance(exc, CONFLICT)
 
 
 async def _configure(conn: Conn) -> None:

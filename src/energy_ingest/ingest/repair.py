@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from energy_ingest.db.pool import Conn
-from energy_ingest.devices import registry
-from energy_ingest.devices.registry import DeviceKind
+from energy_ingest.devices import repository as devices
+from energy_ingest.devices.repository import DeviceKind
+from energy_ingest.errors import Conflict, InvalidInput, NotFound
 from energy_ingest.ingest import repository as repo
 from energy_ingest.kinds import BY_NAME
 from energy_ingest.rollups.rebuild import recompute_hours
@@ -22,11 +23,11 @@ from energy_ingest.rollups.rebuild import recompute_hours
 log = logging.getLogger("energy_ingest.repair")
 
 
-class UnknownDevice(Exception):
+class UnknownDevice(NotFound):
     """No meter or vehicle has that id."""
 
 
-class AmbiguousDevice(Exception):
+class AmbiguousDevice(Conflict):
     """Both a meter and a vehicle have that id: the kind must be named."""
 
 
@@ -53,9 +54,9 @@ async def delete_readings(
 ) -> Deletion:
     """Delete `device_id`'s readings in [start, end) and log it; `conn` must be in autocommit mode."""
     if start >= end:
-        raise ValueError("`from` must be before `to`")
+        raise InvalidInput("`from` must be before `to`", errors=[{"field": "from", "reason": "not before `to`"}])
     kinds: list[DeviceKind] = [kind] if kind else ["meter", "vehicle"]
-    found = {k: key for k in kinds if (key := await registry.find(conn, k, device_id)) is not None}
+    found = {k: key for k in kinds if (key := await devices.find(conn, k, device_id)) is not None}
     if not found:
         raise UnknownDevice(f"no {kind or 'meter or vehicle'} has the id {device_id!r}")
     if len(found) > 1:

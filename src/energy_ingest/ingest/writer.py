@@ -14,21 +14,17 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 import psycopg
-from psycopg_pool import PoolTimeout
 
+from energy_ingest import errors
 from energy_ingest.db.partitions import PartitionKeeper, day_of
-from energy_ingest.db.pool import Conn, Pool
-from energy_ingest.devices.registry import DeviceKind, DeviceRegistry
+from energy_ingest.db.pool import CONFLICT, DB_UNAVAILABLE, Conn, Pool
+from energy_ingest.devices.repository import DeviceKind, DeviceRegistry
 from energy_ingest.ingest import repository as repo
 from energy_ingest.kinds import METER, VEHICLE, Kind
-from energy_ingest.telemetry.decode import DecodedBatch
+from energy_ingest.readings.decode import DecodedBatch
 
 log = logging.getLogger("energy_ingest.writer")
 
-DB_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
-# Class 40 (deadlock, serialization failure) is an OperationalError to psycopg, but it says
-# nothing about the database being away: the transaction lost a race and is simply run again.
-CONFLICT = psycopg.errors.TransactionRollback
 _ATTEMPTS = 3
 _CONFLICT_ATTEMPTS = 8
 
@@ -39,21 +35,38 @@ class IngestResult:
     duplicates: int
 
 
-class Overloaded(Exception):
-    """The writer already holds as many readings as it may; the client should retry later."""
+class Overloaded(errors.Overloaded):
+    """The writer already holds as many readings or requests as it may, or its queue waits too long."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The ingest queue is full; nothing of this request was accepted. Retry after the given delay.",
+            retry_after=1,
+        )
 
 
-class DatabaseUnavailable(Exception):
-    """The transaction holding the request's readings could not commit: the database is unreachable."""
+class DatabaseUnavailable(errors.Unavailable):
+    """The transaction holding the request's readings could not commit: the database is unreachable.
+
+    If the connection broke during the commit itself, the readings may have been stored; resending
+    is safe either way (stored readings come back as duplicates).
+    """
+
+    def __init__(self, cause: str) -> None:
+        super().__init__("The database is unavailable; nothing was stored. Retry later.")
+        self.cause = cause
 
 
-class WriteConflict(Exception):
+class WriteConflict(errors.Unavailable):
     """The write kept losing lock races (deadlock or serialization) after every retry; nothing was stored."""
 
-
-def is_unavailable(exc: BaseException) -> bool:
-    """The database is away or refuses work, as opposed to a lost race or a bad row."""
-    return isinstance(exc, DB_UNAVAILABLE) and not isinstance(exc, CONFLICT)
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            "Concurrent writes kept conflicting; nothing of this request was stored. Retry after the given delay.",
+            retry_after=1,
+            title="Write conflict",
+        )
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +182,7 @@ class GroupCommitWriter:
         ):
             if self._unavailable is not None:  # the queue is full because the database is away
                 raise DatabaseUnavailable(self._unavailable)
-            raise Overloaded
+            raise Overloaded()
         request = _Request(batch, datetime.now(UTC), loop.create_future(), loop.time())
         self._pending_readings += size
         self._pending_requests += 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from energy_ingest.db.pool import Pool
+from energy_ingest.errors import Conflict, NotFound
 from energy_ingest.links import repository as repo
 from energy_ingest.links.repository import LinkRow
-from energy_ingest.problems import Problem
 
 
 def _fmt(ts: datetime | None) -> str:
@@ -30,8 +30,7 @@ async def link(pool: Pool, vehicle_id: str, meter_id: str, start: datetime) -> t
             if row.valid_from <= start:
                 in_force = row
             else:
-                raise Problem(
-                    409,
+                raise Conflict(
                     f"vehicle {vehicle_id} already has a link (to meter {row.meter_id}) starting at "
                     f"{_fmt(row.valid_from)}, after `from`; delete or end it first",
                     title="Conflicting link",
@@ -41,8 +40,7 @@ async def link(pool: Pool, vehicle_id: str, meter_id: str, start: datetime) -> t
         for row in await repo.meter_links_after(conn, meter_id, start):
             if in_force is not None and row.link_id == in_force.link_id:
                 continue
-            raise Problem(
-                409,
+            raise Conflict(
                 f"meter {meter_id} serves vehicle {row.vehicle_id} from {_fmt(row.valid_from)} to "
                 f"{_fmt(row.valid_to)}, which overlaps the new link; a meter serves one vehicle at a time",
                 title="Conflicting link",
@@ -61,7 +59,7 @@ async def unlink(pool: Pool, vehicle_id: str, now: datetime) -> LinkRow:
         await repo.lock(conn)
         open_links = [row for row in await repo.vehicle_links(conn, vehicle_id) if row.valid_to is None]
         if not open_links:
-            raise Problem(404, f"vehicle {vehicle_id} has no current meter link")
+            raise NotFound(f"vehicle {vehicle_id} has no current meter link")
         row = open_links[-1]
         if row.valid_from >= now:
             await repo.delete_link(conn, row.link_id)

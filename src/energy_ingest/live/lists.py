@@ -11,12 +11,12 @@ import msgspec
 from litestar import get
 from litestar.params import QueryParameter
 
-from energy_ingest.live import queries
-from energy_ingest.live.queries import MeterLive, VehicleLive
-from energy_ingest.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
-from energy_ingest.params import parse_device_cursor
-from energy_ingest.problems import Problem
-from energy_ingest.services import ServicesDep
+from energy_ingest.errors import InvalidInput
+from energy_ingest.http.context import ServicesDep
+from energy_ingest.http.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
+from energy_ingest.http.params import parse_device_cursor
+from energy_ingest.live import repository
+from energy_ingest.live.repository import MeterLive, VehicleLive
 
 MAX_LIMIT = 1000
 MAX_STALE = timedelta(days=3650)
@@ -46,20 +46,19 @@ def _silent_since(stale: str | None) -> datetime | None:
         return None
     match = _DURATION.match(stale.strip())
     if not match:
-        raise Problem(
-            400,
+        raise InvalidInput(
             "`stale` must be a duration such as 90s, 10m, 2h or 1d",
             errors=[{"field": "stale", "reason": "not a duration"}],
         )
     silence = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
     if silence > MAX_STALE:
-        raise Problem(400, "`stale` may be at most 3650 days", errors=[{"field": "stale", "reason": "too long"}])
+        raise InvalidInput("`stale` may be at most 3650 days", errors=[{"field": "stale", "reason": "too long"}])
     return datetime.now(UTC) - silence
 
 
 def _limit(limit: int) -> int:
     if not 1 <= limit <= MAX_LIMIT:
-        raise Problem(400, f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
     return limit
 
 
@@ -76,7 +75,7 @@ _ERRORS = problems({400: BAD_PARAMETERS + " (`limit` out of 1–1000, `stale` no
 async def vehicles_live(
     services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
 ) -> VehiclePage:
-    rows = await queries.vehicles(
+    rows = await repository.vehicles(
         services.pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
     )
     return VehiclePage(devices=rows, next_cursor=rows[-1].vehicle_id if len(rows) == limit else None)
@@ -92,7 +91,7 @@ async def vehicles_live(
 async def meters_live(
     services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
 ) -> MeterPage:
-    rows = await queries.meters(
+    rows = await repository.meters(
         services.pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
     )
     return MeterPage(devices=rows, next_cursor=rows[-1].meter_id if len(rows) == limit else None)

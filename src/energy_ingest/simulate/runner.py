@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -162,6 +163,7 @@ async def run(
     mode: Mode = "backfill",
     speed: float = 1.0,
     progress: bool = True,
+    key: str | None = None,
 ) -> Summary:
     """Link every vehicle to its meter from `config.start`, then send the fleet's readings in batches with
     `concurrency` requests in flight: as fast as the server takes them (backfill) or minute by minute in
@@ -179,7 +181,8 @@ async def run(
     timeout = httpx.Timeout(60.0, connect=10.0)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, headers=auth) as client:
         try:
             await client.get("/health")
         except httpx.TransportError as exc:
@@ -326,6 +329,11 @@ def _positive_float(value: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `simulate` command's flags."""
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL (default %(default)s)")
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("ENERGY_INGEST_KEY"),
+        help="API key with the admin scope (it links vehicles to meters); env ENERGY_INGEST_KEY",
+    )
     parser.add_argument("--devices", type=_positive_int, default=100, help="meters and as many vehicles (%(default)s)")
     parser.add_argument("--minutes", type=_positive_int, default=60, help="one-minute intervals (%(default)s)")
     parser.add_argument(
@@ -375,6 +383,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 speed=args.speed,
                 progress=not args.no_progress,
+                key=args.key,
             )
         )
     except (ValueError, RunnerError) as exc:

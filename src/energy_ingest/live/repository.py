@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from energy_ingest.db.pool import Pool
 from energy_ingest.kinds import METER, VEHICLE, Kind
-from energy_ingest.telemetry.readings import MeterReading, VehicleReading
+from energy_ingest.readings.model import MeterReading, VehicleReading
 
 
 class MeterLive(MeterReading, kw_only=True):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from litestar import get
 
-from energy_ingest.live import queries
-from energy_ingest.live.queries import MeterLive, VehicleLive
-from energy_ingest.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
-from energy_ingest.params import MeterIdPath, VehicleIdPath
-from energy_ingest.problems import Problem
-from energy_ingest.services import ServicesDep
+from energy_ingest.errors import NotFound
+from energy_ingest.http.context import ServicesDep
+from energy_ingest.http.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
+from energy_ingest.http.params import MeterIdPath, VehicleIdPath
+from energy_ingest.live import repository
+from energy_ingest.live.repository import MeterLive, VehicleLive
 
 
 @get(
@@ -20,9 +20,9 @@ from energy_ingest.services import ServicesDep
     responses=problems({400: BAD_PARAMETERS, 404: "No reading from this meter", 503: DATABASE_DOWN}),
 )
 async def meter_live(services: ServicesDep, meterId: MeterIdPath) -> MeterLive:
-    found = await queries.meter(services.pool, meterId)
+    found = await repository.meter(services.pool, meterId)
     if found is None:
-        raise Problem(404, f"no reading from meter {meterId}")
+        raise NotFound(f"no reading from meter {meterId}")
     return found
 
 
@@ -34,7 +34,7 @@ async def meter_live(services: ServicesDep, meterId: MeterIdPath) -> MeterLive:
     responses=problems({400: BAD_PARAMETERS, 404: "No reading from this vehicle", 503: DATABASE_DOWN}),
 )
 async def vehicle_live(services: ServicesDep, vehicleId: VehicleIdPath) -> VehicleLive:
-    found = await queries.vehicle(services.pool, vehicleId)
+    found = await repository.vehicle(services.pool, vehicleId)
     if found is None:
-        raise Problem(404, f"no reading from vehicle {vehicleId}")
+        raise NotFound(f"no reading from vehicle {vehicleId}")
     return found

@@ -14,8 +14,10 @@ from typing import Literal
 
 import msgspec
 
+from energy_ingest.config import Settings
+from energy_ingest.errors import DomainError, InvalidInput, PayloadTooLarge, UnsupportedFormat
 from energy_ingest.kinds import METER, VEHICLE
-from energy_ingest.telemetry.readings import (
+from energy_ingest.readings.model import (
     DEFAULT_MAX_INTERVAL_KWH,
     MIN_MAGNITUDE,
     BatteryTemp,
@@ -38,22 +40,24 @@ class ReadingError(msgspec.Struct, omit_defaults=True):
     line: int | None = None
 
 
-class BodyError(Exception):
-    """The body as a whole cannot be read (malformed, empty, too many readings)."""
-
-    def __init__(self, status: int, title: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
+def _body_error(status: int, title: str, detail: str) -> DomainError:
+    """The body as a whole cannot be read: malformed, empty, too many readings, unknown format."""
+    kind = {413: PayloadTooLarge, 415: UnsupportedFormat}.get(status, InvalidInput)
+    return kind(detail, title=title)
 
 
-class InvalidReadings(Exception):
+class InvalidReadings(InvalidInput):
     """At least one reading breaks a rule; the request must store nothing."""
 
+    title = "Invalid readings"
+
     def __init__(self, errors: list[ReadingError], total: int) -> None:
-        super().__init__(f"{len({e.index for e in errors})} of {total} readings are invalid")
-        self.errors = errors
+        invalid = len({e.index for e in errors})
+        super().__init__(
+            f"{invalid} of {total} readings are invalid; nothing was stored.",
+            errors=[msgspec.to_builtins(e) for e in errors],
+        )
+        self.reading_errors = errors
         self.total = total
 
 
@@ -63,6 +67,15 @@ class Rules:
     max_future_skew: timedelta
     max_backfill: timedelta
     max_interval_kwh: float = DEFAULT_MAX_INTERVAL_KWH
+
+
+def rules_from(settings: Settings) -> Rules:
+    return Rules(
+        max_readings=settings.max_readings_per_request,
+        max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+        max_backfill=timedelta(days=settings.raw_retention_days),
+        max_interval_kwh=settings.max_interval_kwh,
+    )
 
 
 @dataclass(slots=True)
@@ -100,14 +113,14 @@ _UNKNOWN = re.compile(r"unknown field `(?P<name>[^`]*)`")
 def decode_json(body: bytes, rules: Rules, now: datetime) -> DecodedBatch:
     stripped = body.lstrip()
     if not stripped:
-        raise BodyError(400, "Empty body", "The body holds no readings: send a reading object or an array.")
+        raise _body_error(400, "Empty body", "The body holds no readings: send a reading object or an array.")
     single = stripped[:1] == b"{"
     try:
         items = [_ONE.decode(body)] if single else _MANY.decode(body)
     except msgspec.ValidationError:
         items = None
     except msgspec.DecodeError as exc:
-        raise BodyError(400, "Malformed JSON", f"The body is not valid JSON: {exc}") from None
+        raise _body_error(400, "Malformed JSON", f"The body is not valid JSON: {exc}") from None
     if items is not None:
         return _validate(items, rules, now, lines=None, body=body)
     raws = _split_json(body, single)
@@ -122,7 +135,7 @@ def decode_ndjson(body: bytes, rules: Rules, now: datetime) -> DecodedBatch:
             raws.append(line)
             lines.append(number)
     if not raws:
-        raise BodyError(400, "Empty body", "The body holds no readings: send one JSON object per line.")
+        raise _body_error(400, "Empty body", "The body holds no readings: send one JSON object per line.")
     _check_count(len(raws), rules)
     try:
         items = _MANY.decode(b"[" + b",".join(raws) + b"]")
@@ -142,9 +155,11 @@ def _split_json(body: bytes, single: bool | None) -> list[bytes]:
     try:
         raws = _RAW_MANY.decode(body)
     except msgspec.ValidationError as exc:
-        raise BodyError(400, "Invalid body", f"The body must be a reading object or an array of them: {exc}") from None
+        raise _body_error(
+            400, "Invalid body", f"The body must be a reading object or an array of them: {exc}"
+        ) from None
     except msgspec.DecodeError as exc:
-        raise BodyError(400, "Malformed JSON", f"The body is not valid JSON: {exc}") from None
+        raise _body_error(400, "Malformed JSON", f"The body is not valid JSON: {exc}") from None
     return [bytes(r) for r in raws]
 
 
@@ -202,7 +217,7 @@ def _repeated_key(raw: bytes) -> str | None:
 
 def _check_count(count: int, rules: Rules) -> None:
     if count > rules.max_readings:
-        raise BodyError(
+        raise _body_error(
             413,
             "Too many readings",
             f"The body holds {count} readings; at most {rules.max_readings} are accepted per request.",
@@ -219,7 +234,7 @@ def _validate(
 ) -> DecodedBatch:
     _check_count(len(items), rules)
     if not items:
-        raise BodyError(400, "Empty body", "The array holds no readings.")
+        raise _body_error(400, "Empty body", "The array holds no readings.")
     errors = errors if errors is not None else []
     latest = now + rules.max_future_skew
     earliest = now - rules.max_backfill
@@ -395,15 +410,15 @@ def decode_body(media_type: str, body: bytes, rules: Rules, now: datetime) -> De
         if media_type in NDJSON_MEDIA_TYPES:
             return decode_ndjson(body, rules, now)
     except UnicodeDecodeError as exc:
-        raise BodyError(
+        raise _body_error(
             400, "Invalid UTF-8", f"The body is not valid UTF-8: {exc.reason} at byte {exc.start}."
         ) from None
     except RecursionError:
-        raise BodyError(
+        raise _body_error(
             400, "Too deeply nested", "The body nests arrays or objects too deeply to be a reading."
         ) from None
     shown = media_type or "none"
-    raise BodyError(
+    raise _body_error(
         415,
         "Unsupported Media Type",
         f"Content-Type {shown} is not accepted: send application/json (a reading or an array of readings) "

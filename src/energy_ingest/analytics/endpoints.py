@@ -11,9 +11,9 @@ from litestar.params import QueryParameter
 from energy_ingest.analytics import fleet, service
 from energy_ingest.analytics.fleet import FleetReport
 from energy_ingest.analytics.service import MeterReport, PerformanceReport, Window
-from energy_ingest.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
-from energy_ingest.params import MeterIdPath, VehicleIdPath, parse_finite, parse_instant
-from energy_ingest.services import Services, ServicesDep
+from energy_ingest.http.context import Services, ServicesDep
+from energy_ingest.http.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
+from energy_ingest.http.params import MeterIdPath, VehicleIdPath, parse_finite, parse_instant
 
 From = Annotated[
     str | None,

@@ -1,8 +1,11 @@
-"""RFC 9457 problem details: every error the API gives is `application/problem+json`."""
+"""RFC 9457 problem details: every error the API gives is `application/problem+json`.
+
+The one place where domain errors (errors.py) and framework errors become HTTP answers."""
 
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any
 
@@ -10,7 +13,19 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from energy_ingest.ingest.writer import DatabaseUnavailable, Overloaded, WriteConflict, is_unavailable
+from energy_ingest.db.pool import is_unavailable
+from energy_ingest.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnsupportedFormat,
+)
 from energy_ingest.metrics import DB_ERRORS, REJECTED
 
 log = logging.getLogger("energy_ingest.api")
@@ -28,8 +43,8 @@ class ProblemDetails(msgspec.Struct, omit_defaults=True):
     errors: list[dict[str, Any]] | None = None
 
 
-class Problem(Exception):
-    """An error to answer as problem+json; raised by services and routes alike."""
+class Problem:
+    """An answer to send as problem+json (not an exception: code raises domain errors, see errors.py)."""
 
     def __init__(
         self,
@@ -40,12 +55,25 @@ class Problem(Exception):
         errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(detail)
         self.status = status
         self.title = title or HTTPStatus(status).phrase
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+
+
+# Each domain error's status; the first class an error is an instance of decides.
+STATUS: tuple[tuple[type[DomainError], int], ...] = (
+    (InvalidInput, 400),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (PayloadTooLarge, 413),
+    (UnsupportedFormat, 415),
+    (Overloaded, 429),
+    (Unavailable, 503),
+)
 
 
 def problem_response(problem: Problem) -> Response[bytes]:
@@ -76,36 +104,32 @@ def _from_http(exc: HTTPException) -> Problem:
     return Problem(exc.status_code, detail, errors=errors, headers=exc.headers or None)
 
 
+def _from_domain(exc: DomainError, retry_after_s: int) -> Problem:
+    status = next(code for kind, code in STATUS if isinstance(exc, kind))
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="energy-ingest"'
+    elif isinstance(exc, Overloaded):
+        REJECTED.inc()
+        headers["Retry-After"] = str(math.ceil(exc.retry_after))
+    elif isinstance(exc, Unavailable):
+        if exc.title == "Service Unavailable":
+            log.warning("database unavailable: %s", exc)
+            DB_ERRORS.inc()
+        else:
+            log.error("%s: %s", exc.title, exc)
+        headers["Retry-After"] = str(math.ceil(exc.retry_after or retry_after_s))
+    return Problem(status, exc.detail, title=exc.title, errors=exc.errors, headers=headers)
+
+
 def to_problem(exc: Exception, retry_after_s: int) -> Problem:
     """The answer for any exception a request can end in: one mapping for every entry point."""
-    if isinstance(exc, Problem):
-        return exc
+    if isinstance(exc, DomainError) and any(isinstance(exc, kind) for kind, _ in STATUS):
+        return _from_domain(exc, retry_after_s)
     if isinstance(exc, HTTPException):
         return _from_http(exc)
-    if isinstance(exc, Overloaded):
-        REJECTED.inc()
-        return Problem(
-            429,
-            "The ingest queue is full; nothing of this request was accepted. Retry after the given delay.",
-            headers={"Retry-After": "1"},
-        )
-    if isinstance(exc, WriteConflict):
-        log.error("write conflict after every retry: %s", exc)
-        return Problem(
-            503,
-            "Concurrent writes kept conflicting; nothing of this request was stored. Retry after the given delay.",
-            title="Write conflict",
-            headers={"Retry-After": "1"},
-        )
-    if isinstance(exc, DatabaseUnavailable) or is_unavailable(exc):
-        log.warning("database unavailable: %s", exc)
-        DB_ERRORS.inc()
-        return Problem(
-            503,
-            "The database is unavailable; nothing was stored. Retry later.",
-            title="Service Unavailable",
-            headers={"Retry-After": str(retry_after_s)},
-        )
+    if is_unavailable(exc):
+        return _from_domain(Unavailable("The database is unavailable; nothing was stored. Retry later."), retry_after_s)
     log.error("unhandled error", exc_info=exc)
     return Problem(500, "An unexpected error occurred; it has been logged.")
 

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from energy_ingest.telemetry.decode import BodyError, DecodedBatch, InvalidReadings, Rules, decode_body
+from energy_ingest.errors import DomainError, InvalidInput, PayloadTooLarge, UnsupportedFormat
+from energy_ingest.readings.decode import DecodedBatch, InvalidReadings, Rules, decode_body
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 RULES = Rules(max_readings=50, max_future_skew=timedelta(minutes=5), max_backfill=timedelta(days=90))
@@ -56,20 +57,21 @@ def _encode(items: list[dict[str, Any]], media_type: str) -> bytes:
     return b"\n".join(json.dumps(item).encode() for item in items)
 
 
-def _outcome(media_type: str, body: bytes) -> DecodedBatch | BodyError | InvalidReadings:
+def _outcome(media_type: str, body: bytes) -> DecodedBatch | DomainError:
     try:
         return decode_body(media_type, body, RULES, NOW)
-    except (BodyError, InvalidReadings) as exc:
+    except DomainError as exc:
         return exc
 
 
 def _assert_named_4xx_or_readings(media_type: str, body: bytes) -> None:
     outcome = _outcome(media_type, body)
-    if isinstance(outcome, BodyError):
-        assert 400 <= outcome.status < 500 and outcome.detail
-    elif isinstance(outcome, InvalidReadings):
+    if isinstance(outcome, InvalidReadings):
         # A field may be named "" when the client sent a key "": it is still named, as sent.
-        assert outcome.errors and all(isinstance(e.field, str) and e.reason for e in outcome.errors)
+        assert outcome.reading_errors and all(isinstance(e.field, str) and e.reason for e in outcome.reading_errors)
+    elif isinstance(outcome, DomainError):  # the client's fault, said in words: a 400, 413 or 415
+        assert isinstance(outcome, InvalidInput | PayloadTooLarge | UnsupportedFormat), outcome
+        assert outcome.detail and outcome.title
 
 
 @PROPERTY
@@ -125,7 +127,7 @@ def test_a_broken_field_is_named_with_its_index(media_type: str, items: list[dic
     items[index][field] = data.draw(st.sampled_from(BROKEN[field]))
     outcome = _outcome(media_type, _encode(items, media_type))
     assert isinstance(outcome, InvalidReadings), outcome
-    assert (index, field) in {(e.index, e.field) for e in outcome.errors}
+    assert (index, field) in {(e.index, e.field) for e in outcome.reading_errors}
 
 
 @PROPERTY
@@ -139,7 +141,7 @@ def test_a_repeated_key_is_named(media_type: str, items: list[dict[str, Any]], d
     body = ("[" + ", ".join(pieces) + "]" if media_type == "application/json" else "\n".join(pieces)).encode()
     outcome = _outcome(media_type, body)
     assert isinstance(outcome, InvalidReadings), outcome
-    assert [(e.index, e.field) for e in outcome.errors] == [(index, field)]
+    assert [(e.index, e.field) for e in outcome.reading_errors] == [(index, field)]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,13 +9,13 @@ from litestar import Response, delete, get, put
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
+from energy_ingest.errors import InvalidInput, NotFound
+from energy_ingest.http.context import ServicesDep
+from energy_ingest.http.openapi import BAD_PARAMETERS, BODY_ERRORS, DATABASE_DOWN, ProblemOperation, problems
+from energy_ingest.http.params import VehicleIdPath
 from energy_ingest.links import service
 from energy_ingest.links.repository import LinkRow
-from energy_ingest.openapi import BAD_PARAMETERS, BODY_ERRORS, DATABASE_DOWN, ProblemOperation, problems
-from energy_ingest.params import VehicleIdPath
-from energy_ingest.problems import Problem
-from energy_ingest.services import ServicesDep
-from energy_ingest.telemetry.readings import DeviceId
+from energy_ingest.readings.model import DeviceId
 
 
 class LinkRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
@@ -72,7 +72,7 @@ async def put_link(services: ServicesDep, data: JSONBody[LinkRequest], vehicleId
     now = datetime.now(UTC)
     start = data.from_ or now
     if start.tzinfo is None:
-        raise Problem(400, "`from` needs `Z` or an offset", errors=[{"field": "from", "reason": "no time zone"}])
+        raise InvalidInput("`from` needs `Z` or an offset", errors=[{"field": "from", "reason": "no time zone"}])
     _, created = await service.link(services.pool, vehicleId, data.meter_id, start)
     rows = await service.history(services.pool, vehicleId)
     return Response(_state(vehicleId, rows, now), status_code=201 if created else 200)
@@ -88,7 +88,7 @@ async def put_link(services: ServicesDep, data: JSONBody[LinkRequest], vehicleId
 async def get_link(services: ServicesDep, vehicleId: VehicleIdPath) -> LinkState:
     rows = await service.history(services.pool, vehicleId)
     if not rows:
-        raise Problem(404, f"vehicle {vehicleId} has never been linked to a meter")
+        raise NotFound(f"vehicle {vehicleId} has never been linked to a meter")
     return _state(vehicleId, rows, datetime.now(UTC))
 
 

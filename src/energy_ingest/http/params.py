@@ -10,8 +10,8 @@ from typing import Annotated
 import msgspec
 from litestar.params import PathParameter
 
-from energy_ingest.problems import Problem
-from energy_ingest.telemetry.readings import DEVICE_ID_PATTERN
+from energy_ingest.errors import InvalidInput
+from energy_ingest.readings.model import DEVICE_ID_PATTERN
 
 _INSTANT = msgspec.json.Decoder(datetime)
 # Instants a window may touch: wide for any fleet, narrow enough that no bucket or zone arithmetic overflows.
@@ -30,14 +30,12 @@ def parse_instant(name: str, value: str) -> datetime:
     except msgspec.ValidationError:
         instant = None
     if instant is None or instant.tzinfo is None:
-        raise Problem(
-            400,
+        raise InvalidInput(
             f"`{name}` must be an RFC 3339 timestamp with `Z` or an offset, e.g. 2026-02-08T10:00:00Z",
             errors=[{"field": name, "reason": "not an RFC 3339 timestamp with a time zone"}],
         )
     if not EARLIEST <= instant < LATEST:
-        raise Problem(
-            400,
+        raise InvalidInput(
             f"`{name}` must lie between 1970-01-01 and 3000-01-01",
             errors=[{"field": name, "reason": "outside 1970-01-01 to 3000-01-01"}],
         )
@@ -47,8 +45,7 @@ def parse_instant(name: str, value: str) -> datetime:
 def parse_device_cursor(name: str, value: str | None) -> str | None:
     """A cursor that is a device id (the last id of the previous page), or a 400 naming the parameter."""
     if value is not None and not _DEVICE_ID.match(value):
-        raise Problem(
-            400,
+        raise InvalidInput(
             f"`{name}` must be the `nextCursor` of a previous page",
             errors=[{"field": name, "reason": "not a cursor given out by this service"}],
         )
@@ -58,7 +55,7 @@ def parse_device_cursor(name: str, value: str | None) -> str | None:
 def parse_finite(name: str, value: float | None) -> float | None:
     """A finite query number, or a 400 naming the parameter (NaN and infinities mean nothing here)."""
     if value is not None and not math.isfinite(value):
-        raise Problem(400, f"`{name}` must be a finite number", errors=[{"field": name, "reason": "not finite"}])
+        raise InvalidInput(f"`{name}` must be a finite number", errors=[{"field": name, "reason": "not finite"}])
     return value
 
 

@@ -1,10 +1,5 @@
-"""The production entry point of POST /v1/ingest, without the framework's per-request machinery,
-and the worker's budget of request-body bytes held in memory.
-
-Single-reading clients send thousands of tiny requests a second; for them routing, dependency
-injection and the response pipeline cost more than decoding and writing the reading. This ASGI
-layer answers exactly `POST /v1/ingest` itself, through the same `accept` and the same problem
-mapping as the documented route, and hands every other request to the application.
+"""The front door of every request, before routing: the Host check (no DNS rebinding) and the
+worker's budget of request-body bytes held in memory.
 
 Every request with a body, on any route, first reserves its declared Content-Length from the
 worker's `inflight_body_bytes` budget (a chunked body reserves chunk by chunk): a request the budget
@@ -15,20 +10,17 @@ Both answers close the connection, as the unread body would otherwise follow.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import Receive, ReceiveMessage, Scope, Send
 
 from energy_ingest.config import Settings
-from energy_ingest.ingest.routes import accept
+from energy_ingest.errors import Overloaded
+from energy_ingest.http.context import Services
+from energy_ingest.http.problems import PROBLEM_JSON, Problem, ProblemDetails
 from energy_ingest.metrics import REQUESTS
-from energy_ingest.problems import PROBLEM_JSON, Problem, ProblemDetails, to_problem
-from energy_ingest.services import Services
 
-_PATH = "/v1/ingest"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -71,6 +63,23 @@ class _Reservation:
         self.size = 0
 
 
+def _host_name(host: bytes) -> str:
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):  # [::1]:8000
+        return text[: text.find("]") + 1]
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def _bad_host(host: bytes) -> Problem:
+    shown = host.decode("latin-1")[:100] or "none"
+    return Problem(
+        400,
+        f"Host {shown!r} is not one this service answers to: add it to ALLOWED_HOSTS.",
+        title="Host not allowed",
+        errors=[{"field": "Host", "reason": "not in ALLOWED_HOSTS"}],
+    )
+
+
 def _too_large(limit: int) -> Problem:
     return Problem(413, f"The body is larger than {limit} bytes.", headers={"Connection": "close"})
 
@@ -84,11 +93,7 @@ def _over_budget(retry_after_s: int) -> Problem:
     )
 
 
-class _OverBudget(Exception):
-    pass
-
-
-class IngestFastPath:
+class FrontDoor:
     def __init__(self, app: Litestar) -> None:
         self.app = app
         self._budget: BodyBudget | None = None
@@ -107,7 +112,7 @@ class IngestFastPath:
         settings = services.settings
         declared: int | None = None
         chunked = False
-        media_type = ""
+        host = b""
         for name, value in scope["headers"]:
             if name == b"content-length":
                 # httptools refuses a malformed or repeated one before this; other servers may not.
@@ -118,9 +123,12 @@ class IngestFastPath:
                     return
             elif name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-            elif name == b"content-type":
-                media_type = value.split(b";", 1)[0].strip().decode("latin-1")
+            elif name == b"host":
+                host = value
         method: str = scope["method"]
+        if _host_name(host) not in settings.hosts:
+            await _send(send, method, *_problem(_bad_host(host)))
+            return
         if declared is not None and declared > settings.body_limit_bytes:
             await _send(send, method, *_problem(_too_large(settings.body_limit_bytes)))
             return
@@ -128,58 +136,26 @@ class IngestFastPath:
         if declared and not reservation.grow(declared):
             await _send(send, method, *_problem(_over_budget(settings.retry_after_s)))
             return
-        growing = chunked and declared is None
         try:
-            if scope["path"] == _PATH and method == "POST":
-                await self._ingest(services, media_type, reservation if growing else None, receive, send)
-            elif growing:
-                await self.app(scope, _metered(receive, reservation, settings.retry_after_s), send)
+            if chunked and declared is None:
+                await self.app(scope, _metered(receive, reservation), send)
             else:
                 await self.app(scope, receive, send)
         finally:
             reservation.release()
 
-    async def _ingest(
-        self, services: Services, media_type: str, reservation: _Reservation | None, receive: Receive, send: Send
-    ) -> None:
-        settings = services.settings
-        try:
-            body = await _read_body(receive, settings.body_limit_bytes, reservation)
-            answer = await accept(services, media_type, body)
-        except _OverBudget:
-            await _send(send, "POST", *_problem(_over_budget(settings.retry_after_s)))
-        except Exception as exc:
-            await _send(send, "POST", *_problem(to_problem(exc, settings.retry_after_s)))
-        else:
-            await _send(send, "POST", 201, _encode(answer), b"application/json", [])
 
-
-async def _read_body(receive: Receive, limit: int, reservation: _Reservation | None) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Any = await receive()
-        if message["type"] == "http.disconnect":
-            raise Problem(400, "The client went away before the body was complete.")
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        if reservation is not None and not reservation.grow(len(chunk)):
-            raise _OverBudget
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _metered(receive: Receive, reservation: _Reservation, retry_after_s: int) -> Receive:
-    """`receive` for another route's chunked body: each chunk is reserved before the route holds it."""
+def _metered(receive: Receive, reservation: _Reservation) -> Receive:
+    """`receive` for a chunked body: each chunk is reserved before the route holds it."""
 
     async def metered() -> ReceiveMessage:
         message = await receive()
         if message["type"] == "http.request" and not reservation.grow(len(message.get("body", b""))):
-            # Raised inside the route's body parsing, so the app answers it as problem+json.
-            raise _over_budget(retry_after_s)
+            # Raised inside the route's body reading, so the app answers it as problem+json.
+            raise Overloaded(
+                "The server holds as many request bodies as it can; nothing of this request was stored. "
+                "Retry after the given delay."
+            )
         return message
 
     return metered

@@ -10,12 +10,21 @@ from pathlib import Path
 
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Example, OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import (
+    Example,
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+)
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
-from energy_ingest.problems import PROBLEM_JSON, ProblemDetails
+from energy_ingest.http.problems import PROBLEM_JSON, ProblemDetails
 
 BAD_PARAMETERS = "A path or query parameter is invalid; `errors` names it and says why"
 DATABASE_DOWN = "The database is unavailable or did not answer in time: retry after `Retry-After` seconds"
@@ -36,6 +45,27 @@ def problem(status: int, description: str) -> ResponseSpec:
         generate_examples=False,
         examples=[Example(summary=HTTPStatus(status).phrase, value=example)],
     )
+
+
+def problem_objects(descriptions: Mapping[int, str]) -> dict[str, OpenAPIResponse | Reference]:
+    """The same answers as `problems`, as OpenAPI objects, for an operation written by hand."""
+    schema = Reference(ref="#/components/schemas/ProblemDetails")
+    return {
+        str(status): OpenAPIResponse(
+            description=text,
+            content={
+                PROBLEM_JSON: OpenAPIMediaType(
+                    schema=schema,
+                    examples={
+                        HTTPStatus(status).phrase: Example(
+                            value={"title": HTTPStatus(status).phrase, "status": status, "detail": text}
+                        )
+                    },
+                )
+            },
+        )
+        for status, text in descriptions.items()
+    }
 
 
 def problems(descriptions: Mapping[int, str]) -> dict[int, ResponseSpec]:

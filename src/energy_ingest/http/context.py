@@ -1,4 +1,5 @@
-"""What every request handler can reach: settings, the pool and the writer of this process."""
+"""What every request handler can reach: settings, the pool, the writer, the keys and the ingest core
+of this process."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from litestar.di import NamedDependency
 
 from energy_ingest.config import Settings
 from energy_ingest.db.pool import Pool
+from energy_ingest.ingest.service import IngestService
 from energy_ingest.ingest.writer import GroupCommitWriter
-from energy_ingest.telemetry.decode import Rules
+from energy_ingest.keys.service import KeyCache
+from energy_ingest.readings.decode import Rules
 
 
 @dataclass(slots=True)
@@ -20,6 +23,8 @@ class Services:
     pool: Pool
     writer: GroupCommitWriter
     rules: Rules
+    keys: KeyCache
+    ingest: IngestService
 
 
 def get_services(request: Request[Any, Any, Any]) -> Services:

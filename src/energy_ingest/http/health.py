@@ -14,9 +14,9 @@ import msgspec
 from litestar import get
 
 from energy_ingest.db.embedded import MAX_BACKOFF_S, STATE_ENV, read_state
-from energy_ingest.openapi import DATABASE_DOWN, ProblemOperation, problems
-from energy_ingest.problems import Problem
-from energy_ingest.services import ServicesDep
+from energy_ingest.errors import Unavailable
+from energy_ingest.http.context import ServicesDep
+from energy_ingest.http.openapi import DATABASE_DOWN, ProblemOperation, problems
 
 
 class Status(msgspec.Struct):
@@ -34,10 +34,9 @@ async def health() -> Status:
     state_file = os.environ.get(STATE_ENV)
     state = read_state(Path(state_file)) if state_file else None  # a few hundred bytes: read inline
     if state is not None and state.get("state") == "failed":
-        raise Problem(
-            503,
+        raise Unavailable(
             f"the embedded database is down and {state.get('failures')} restarts failed: {state.get('detail')}",
-            headers={"Retry-After": str(int(MAX_BACKOFF_S))},  # the supervisor keeps trying at this interval
+            retry_after=MAX_BACKOFF_S,  # the supervisor keeps trying at this interval
         )
     return Status(status="ok")
 
@@ -54,9 +53,8 @@ async def ready(services: ServicesDep) -> Status:
         async with services.pool.connection(timeout=services.settings.db_timeout_s) as conn:
             await conn.execute("SELECT 1")
     except Exception as exc:
-        raise Problem(
-            503,
+        raise Unavailable(
             f"the database does not answer: {type(exc).__name__}",
-            headers={"Retry-After": str(services.settings.retry_after_s)},
+            retry_after=services.settings.retry_after_s,
         ) from None
     return Status(status="ready")

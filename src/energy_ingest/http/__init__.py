@@ -1,0 +1,1 @@
+"""The HTTP edge: app assembly helpers, problem+json, authentication, parameters, OpenAPI, health."""

@@ -1,0 +1,36 @@
+"""The one ingest core: every way in (HTTP, MQTT, OCPP, the bus) hands it decoded readings and the
+principal that sent them, and gets the outcome only after the readings are committed.
+
+It raises domain errors only (errors.py): Forbidden (scope, device binding), Overloaded (a full
+writer or a key's rate limit), Unavailable (the database). Nothing of a refused request is stored.
+"""
+
+from __future__ import annotations
+
+from energy_ingest.errors import Forbidden
+from energy_ingest.ingest.writer import GroupCommitWriter, IngestResult
+from energy_ingest.keys.service import KeyCache, Principal
+from energy_ingest.readings.decode import DecodedBatch
+
+
+class IngestService:
+    def __init__(self, writer: GroupCommitWriter, keys: KeyCache) -> None:
+        self._writer = writer
+        self._keys = keys
+
+    async def ingest(self, batch: DecodedBatch, principal: Principal) -> IngestResult:
+        principal.require("ingest")
+        if principal.device_id is not None:
+            _check_binding(batch, principal.device_id)
+        self._keys.take(principal, len(batch))
+        return await self._writer.submit(batch)
+
+
+def _check_binding(batch: DecodedBatch, device_id: str) -> None:
+    others = sorted(
+        {m.meter_id for m in batch.meters if m.meter_id != device_id}
+        | {v.vehicle_id for v in batch.vehicles if v.vehicle_id != device_id}
+    )
+    if others:
+        shown = ", ".join(others[:5]) + (" …" if len(others) > 5 else "")
+        raise Forbidden(f"This key may write only the readings of {device_id}; the request holds {shown}.")
