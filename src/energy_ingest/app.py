@@ -23,11 +23,13 @@ from energy_ingest.http.auth import authenticate
 from energy_ingest.http.context import Services, get_services
 from energy_ingest.http.front import FrontDoor
 from energy_ingest.http.health import health, ready
+from energy_ingest.http.metrics import count_requests, metrics_endpoint
 from energy_ingest.http.openapi import swagger_assets, swagger_plugin
 from energy_ingest.http.problems import make_handlers
 from energy_ingest.ingest.endpoints import PATH as INGEST_PATH
 from energy_ingest.ingest.endpoints import delete_meter_readings, delete_vehicle_readings, ingest
 from energy_ingest.ingest.endpoints import operation as ingest_operation
+from energy_ingest.ingest.observer import FlushMetrics
 from energy_ingest.ingest.service import IngestService
 from energy_ingest.ingest.writer import GroupCommitWriter
 from energy_ingest.keys.endpoints import create_key, list_keys, revoke_key
@@ -35,7 +37,7 @@ from energy_ingest.keys.service import KeyCache, keep_fresh
 from energy_ingest.links.endpoints import delete_link, get_link, put_link
 from energy_ingest.live.endpoints import meter_live, vehicle_live
 from energy_ingest.live.lists import meters_live, vehicles_live
-from energy_ingest.metrics import QUEUE, FlushMetrics, count_requests, metrics_endpoint
+from energy_ingest.metrics import QUEUE
 from energy_ingest.readings.decode import rules_from
 
 log = logging.getLogger("energy_ingest")

@@ -50,6 +50,7 @@ _WINDOW_ERRORS = {
 
 @get(
     "/v1/analytics/performance/{vehicleId:str}",
+    opt={"scope": "read"},
     tags=["analytics"],
     summary="A vehicle's energy totals and charging efficiency over a window (default: the last 24 hours)",
     operation_class=ProblemOperation,
@@ -69,6 +70,7 @@ async def vehicle_performance(
 
 @get(
     "/v1/analytics/meters/{meterId:str}",
+    opt={"scope": "read"},
     tags=["analytics"],
     summary="A meter's energy and voltage over a window (default: the last 24 hours)",
     operation_class=ProblemOperation,
@@ -87,6 +89,7 @@ async def meter_analytics(
 
 @get(
     "/v1/analytics/fleet",
+    opt={"scope": "read"},
     tags=["analytics"],
     summary="Every vehicle's totals and efficiency over a window, worst first (default: the last 24 complete hours)",
     operation_class=ProblemOperation,

@@ -80,6 +80,7 @@ async def put_link(services: ServicesDep, data: JSONBody[LinkRequest], vehicleId
 
 @get(
     "/v1/vehicles/{vehicleId:str}/meter",
+    opt={"scope": "read"},
     tags=["links"],
     summary="Current link and link history",
     operation_class=ProblemOperation,

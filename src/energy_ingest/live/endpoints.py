@@ -14,6 +14,7 @@ from energy_ingest.live.repository import MeterLive, VehicleLive
 
 @get(
     "/v1/meters/{meterId:str}/live",
+    opt={"scope": "read"},
     tags=["live"],
     summary="A meter's newest reading",
     operation_class=ProblemOperation,
@@ -28,6 +29,7 @@ async def meter_live(services: ServicesDep, meterId: MeterIdPath) -> MeterLive:
 
 @get(
     "/v1/vehicles/{vehicleId:str}/live",
+    opt={"scope": "read"},
     tags=["live"],
     summary="A vehicle's newest reading",
     operation_class=ProblemOperation,

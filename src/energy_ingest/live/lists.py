@@ -67,6 +67,7 @@ _ERRORS = problems({400: BAD_PARAMETERS + " (`limit` out of 1–1000, `stale` no
 
 @get(
     "/v1/vehicles/live",
+    opt={"scope": "read"},
     tags=["live"],
     summary="Every vehicle's newest reading, by id",
     operation_class=ProblemOperation,
@@ -83,6 +84,7 @@ async def vehicles_live(
 
 @get(
     "/v1/meters/live",
+    opt={"scope": "read"},
     tags=["live"],
     summary="Every meter's newest reading, by id",
     operation_class=ProblemOperation,
