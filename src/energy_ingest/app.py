@@ -35,8 +35,7 @@ from energy_ingest.ingest.writer import GroupCommitWriter
 from energy_ingest.keys.endpoints import create_key, list_keys, revoke_key
 from energy_ingest.keys.service import KeyCache, keep_fresh
 from energy_ingest.links.endpoints import delete_link, get_link, put_link
-from energy_ingest.live.endpoints import meter_live, vehicle_live
-from energy_ingest.live.lists import meters_live, vehicles_live
+from energy_ingest.live.endpoints import meter_live, meters_live, vehicle_live, vehicles_live
 from energy_ingest.metrics import QUEUE
 from energy_ingest.readings.decode import rules_from
 

@@ -1,15 +1,103 @@
-"""GET /v1/meters/{meterId}/live and /v1/vehicles/{vehicleId}/live."""
+"""GET /v1/meters/{meterId}/live and /v1/vehicles/{vehicleId}/live: one device's newest reading;
+GET /v1/meters/live and /v1/vehicles/live: every device's, paginated by id, optionally only those
+silent for longer than `stale` (offline detection)."""
 
 from __future__ import annotations
 
-from litestar import get
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-from energy_ingest.errors import NotFound
+import msgspec
+from litestar import get
+from litestar.params import QueryParameter
+
+from energy_ingest.errors import InvalidInput, NotFound
 from energy_ingest.http.context import ServicesDep
 from energy_ingest.http.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
-from energy_ingest.http.params import MeterIdPath, VehicleIdPath
+from energy_ingest.http.params import MeterIdPath, VehicleIdPath, parse_device_cursor
 from energy_ingest.live import repository
 from energy_ingest.live.repository import MeterLive, VehicleLive
+
+MAX_LIMIT = 1000
+MAX_STALE = timedelta(days=3650)
+_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Devices per page, 1–1000")]
+Cursor = Annotated[str | None, QueryParameter(description="`nextCursor` of the previous page")]
+Stale = Annotated[
+    str | None,
+    QueryParameter(description="Only devices whose newest reading is older than this, e.g. 10m, 2h, 1d"),
+]
+
+
+class VehiclePage(msgspec.Struct, rename="camel"):
+    devices: list[VehicleLive]
+    next_cursor: str | None
+
+
+class MeterPage(msgspec.Struct, rename="camel"):
+    devices: list[MeterLive]
+    next_cursor: str | None
+
+
+def _silent_since(stale: str | None) -> datetime | None:
+    if stale is None:
+        return None
+    match = _DURATION.match(stale.strip())
+    if not match:
+        raise InvalidInput(
+            "`stale` must be a duration such as 90s, 10m, 2h or 1d",
+            errors=[{"field": "stale", "reason": "not a duration"}],
+        )
+    silence = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if silence > MAX_STALE:
+        raise InvalidInput("`stale` may be at most 3650 days", errors=[{"field": "stale", "reason": "too long"}])
+    return datetime.now(UTC) - silence
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+    return limit
+
+
+_ERRORS = problems({400: BAD_PARAMETERS + " (`limit` out of 1–1000, `stale` not a duration)", 503: DATABASE_DOWN})
+
+
+@get(
+    "/v1/vehicles/live",
+    opt={"scope": "read"},
+    tags=["live"],
+    summary="Every vehicle's newest reading, by id",
+    operation_class=ProblemOperation,
+    responses=_ERRORS,
+)
+async def vehicles_live(
+    services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
+) -> VehiclePage:
+    rows = await repository.vehicles(
+        services.pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
+    )
+    return VehiclePage(devices=rows, next_cursor=rows[-1].vehicle_id if len(rows) == limit else None)
+
+
+@get(
+    "/v1/meters/live",
+    opt={"scope": "read"},
+    tags=["live"],
+    summary="Every meter's newest reading, by id",
+    operation_class=ProblemOperation,
+    responses=_ERRORS,
+)
+async def meters_live(
+    services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
+) -> MeterPage:
+    rows = await repository.meters(
+        services.pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
+    )
+    return MeterPage(devices=rows, next_cursor=rows[-1].meter_id if len(rows) == limit else None)
 
 
 @get(
