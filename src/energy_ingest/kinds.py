@@ -37,6 +37,8 @@ class Kind:
     name: KindName
     id_api: str  # the id field in JSON: meterId, vehicleId
     values: tuple[Value, ...]  # energy first
+    summarized: str  # the value reports give min / avg / max of (voltage, battery temperature)
+    summary: str  # its rollup columns' stem: `{summary}_sum`, `_min`, `_max`
     aggregates: tuple[Aggregate, ...]  # after (key, hour), in the rollup table's column order
 
     @property
@@ -83,6 +85,8 @@ METER = Kind(
         Value("kwh_consumed_ac", "kwhConsumedAc", "float8"),
         Value("voltage", "voltage", "float4"),
     ),
+    summarized="voltage",
+    summary="voltage",
     aggregates=(
         Aggregate("readings", "count(*)::int", "h.readings + EXCLUDED.readings"),
         _sum("kwh", "kwh_consumed_ac"),
@@ -100,6 +104,8 @@ VEHICLE = Kind(
         Value("soc", "soc", "float4"),
         Value("battery_temp", "batteryTemp", "float4"),
     ),
+    summarized="battery_temp",
+    summary="temp",
     aggregates=(
         Aggregate("readings", "count(*)::int", "h.readings + EXCLUDED.readings"),
         _sum("kwh", "kwh_delivered_dc"),

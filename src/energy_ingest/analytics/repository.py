@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from energy_ingest.analytics.windows import Cover, Range
 from energy_ingest.db.pool import Conn
+from energy_ingest.kinds import METER, VEHICLE, Kind
 
 Bucket = Literal["15m", "1h", "1d"]
 # A bucket key for "no series": the whole window is one group.
@@ -91,26 +92,21 @@ class _Table:
     value_max: str
 
 
-VEHICLES = _Table(
-    "vehicle_readings",
-    "vehicle_hourly",
-    "vehicle_key",
-    "kwh_delivered_dc",
-    "battery_temp",
-    "temp_sum",
-    "temp_min",
-    "temp_max",
-)
-METERS = _Table(
-    "meter_readings",
-    "meter_hourly",
-    "meter_key",
-    "kwh_consumed_ac",
-    "voltage",
-    "voltage_sum",
-    "voltage_min",
-    "voltage_max",
-)
+def _table(kind: Kind) -> _Table:
+    return _Table(
+        kind.readings_table,
+        kind.rollup_table,
+        kind.key,
+        kind.energy.column,
+        kind.summarized,
+        f"{kind.summary}_sum",
+        f"{kind.summary}_min",
+        f"{kind.summary}_max",
+    )
+
+
+VEHICLES = _table(VEHICLE)
+METERS = _table(METER)
 
 
 def bucket_sql(bucket: Bucket | None, column: str) -> str:
