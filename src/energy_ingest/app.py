@@ -88,6 +88,7 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             max_pending_requests=settings.max_pending_requests,
             max_queue_delay_ms=settings.max_queue_delay_ms,
             copy_threshold=settings.copy_threshold_readings,
+            max_interval_kw=settings.max_interval_kw,
             observer=FlushMetrics(),
         )
         keys = KeyCache(workers=settings.workers)

@@ -35,6 +35,14 @@ class Settings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     keep_alive_timeout_s: float = 5.0
+    # registers: a rise faster than this is implausible (stored, flagged, left out of totals)
+    max_interval_kw: float = 350.0
+    # MQTT way in (off unless MQTT_URL is set)
+    mqtt_url: str = ""
+    mqtt_prefix: str = "energy-ingest"
+    mqtt_group: str = "energy-ingest"  # the shared-subscription group the workers split messages in
+    mqtt_tasmota: bool = True  # also take Tasmota's tele/{device}/SENSOR
+    mqtt_local_tz: str = "UTC"  # the zone of Tasmota `Time` values that carry none
     # who may come in
     auth: bool = True
     allowed_hosts: str = ""  # comma-separated Host names; empty: the bind address and localhost
@@ -94,6 +102,11 @@ class Settings:
             (self.max_readings_per_request >= 1, "MAX_READINGS_PER_REQUEST must be >= 1"),
             (0 < self.max_interval_kwh <= 1e6, "MAX_INTERVAL_KWH must be in (0, 1e6]"),
             (self.max_pending_requests >= 1, "MAX_PENDING_REQUESTS must be >= 1"),
+            (0 < self.max_interval_kw <= 1e5, "MAX_INTERVAL_KW must be in (0, 100000]"),
+            (
+                not self.mqtt_url or self.mqtt_url.startswith(("mqtt://", "mqtts://")),
+                "MQTT_URL must start with mqtt:// or mqtts://",
+            ),
             (self.max_queue_delay_ms > 0, "MAX_QUEUE_DELAY_MS must be > 0"),
             (
                 self.inflight_body_bytes >= self.body_limit_bytes,

@@ -37,6 +37,7 @@ class Kind:
     name: KindName
     id_api: str  # the id field in JSON: meterId, vehicleId
     values: tuple[Value, ...]  # energy first
+    register: Value  # the cumulative register a reading may carry instead of its energy
     summarized: str  # the value reports give min / avg / max of (voltage, battery temperature)
     summary: str  # its rollup columns' stem: `{summary}_sum`, `_min`, `_max`
     aggregates: tuple[Aggregate, ...]  # after (key, hour), in the rollup table's column order
@@ -85,11 +86,13 @@ METER = Kind(
         Value("kwh_consumed_ac", "kwhConsumedAc", "float8"),
         Value("voltage", "voltage", "float4"),
     ),
+    register=Value("kwh_consumed_ac_total", "kwhConsumedAcTotal", "float8"),
     summarized="voltage",
     summary="voltage",
     aggregates=(
         Aggregate("readings", "count(*)::int", "h.readings + EXCLUDED.readings"),
         _sum("kwh", "kwh_consumed_ac"),
+        _sum("excluded_kwh", "coalesce(excluded_kwh, 0)"),
         _sum("voltage_sum", "voltage"),
         Aggregate("voltage_min", "min(voltage)", "least(h.voltage_min, EXCLUDED.voltage_min)"),
         Aggregate("voltage_max", "max(voltage)", "greatest(h.voltage_max, EXCLUDED.voltage_max)"),
@@ -104,11 +107,13 @@ VEHICLE = Kind(
         Value("soc", "soc", "float4"),
         Value("battery_temp", "batteryTemp", "float4"),
     ),
+    register=Value("kwh_delivered_dc_total", "kwhDeliveredDcTotal", "float8"),
     summarized="battery_temp",
     summary="temp",
     aggregates=(
         Aggregate("readings", "count(*)::int", "h.readings + EXCLUDED.readings"),
         _sum("kwh", "kwh_delivered_dc"),
+        _sum("excluded_kwh", "coalesce(excluded_kwh, 0)"),
         _sum("temp_sum", "battery_temp"),
         Aggregate("temp_min", "min(battery_temp)", "least(h.temp_min, EXCLUDED.temp_min)"),
         Aggregate("temp_max", "max(battery_temp)", "greatest(h.temp_max, EXCLUDED.temp_max)"),

@@ -26,9 +26,36 @@ class DeviceRegistry:
 
     def __init__(self) -> None:
         self._keys: dict[DeviceKind, dict[str, int]] = {"meter": {}, "vehicle": {}}
+        self._forms: dict[DeviceKind, dict[str, str]] = {"meter": {}, "vehicle": {}}
+
+    async def forms(self, conn: Conn, kind: DeviceKind, wanted: dict[str, str]) -> dict[str, str]:
+        """Each device's energy form ('interval' or 'register'), fixing it from `wanted` where a
+        device has none yet (its first reading decides); forms never change once fixed."""
+        cache = self._forms[kind]
+        missing = sorted(i for i in wanted if i not in cache)
+        if missing:
+            await self.keys(conn, kind, missing)
+            await conn.execute(
+                _query(
+                    "UPDATE {table} d SET energy_form = w.form FROM unnest(%s::text[], %s::text[]) AS w(id, form)"
+                    " WHERE d.{id} = w.id AND d.energy_form IS NULL",
+                    kind,
+                ),
+                [missing, [wanted[i] for i in missing]],
+            )
+            cur = await conn.execute(
+                _query("SELECT {id}, energy_form FROM {table} WHERE {id} = ANY(%s)", kind), [missing]
+            )
+            for device_id, form in await cur.fetchall():
+                if form is not None:
+                    cache[device_id] = form
+        return cache
 
     def cached(self, kind: DeviceKind) -> dict[str, int]:
         return self._keys[kind]
+
+    def cached_forms(self, kind: DeviceKind) -> dict[str, str]:
+        return self._forms[kind]
 
     async def keys(self, conn: Conn, kind: DeviceKind, ids: Collection[str]) -> dict[str, int]:
         """Keys of `ids`, registering the unknown ones (committed at once, outside any write)."""

@@ -73,10 +73,10 @@ class StreamSQL:
 
 def _stream(kind: Kind) -> StreamSQL:
     """The write statements of one kind, derived from its description."""
-    values = ", ".join(kind.value_columns)
+    values = ", ".join((*kind.value_columns, "kwh_register"))
     aggregates = ", ".join(a.expr for a in kind.aggregates)
     merges = ",\n    ".join(f"{a.column} = {a.merge}" for a in kind.aggregates if a.column != "hour")
-    live = ", ".join(f"{c} = EXCLUDED.{c}" for c in ("ts", "received_at", *kind.value_columns))
+    live = ", ".join(f"{c} = EXCLUDED.{c}" for c in ("ts", "received_at", *kind.value_columns, "kwh_register"))
     return StreamSQL(
         kind=kind.name,
         columns=(
@@ -85,6 +85,7 @@ def _stream(kind: Kind) -> StreamSQL:
             ("ts", "timestamptz"),
             ("received_at", "timestamptz"),
             *((v.column, v.sql_type) for v in kind.values),
+            ("kwh_register", "float8"),
         ),
         # Sorted so concurrent flushes take index locks in one order; of equal keys the first sent wins.
         insert_cold=f"""
@@ -92,7 +93,7 @@ INSERT INTO {kind.readings_table} ({kind.key}, ts, received_at, {values})
 SELECT {kind.key}, ts, received_at, {values} FROM {{source}}
 ORDER BY {kind.key}, ts, seq
 ON CONFLICT DO NOTHING
-RETURNING {kind.key}, ts, {values}""",
+RETURNING {kind.key}, ts, {values}, excluded_kwh""",
         rollup=f"""
 INSERT INTO {kind.rollup_table} AS h ({kind.key}, hour, {", ".join(kind.rollup_columns)})
 SELECT {kind.key}, date_trunc('hour', ts, 'UTC'), {aggregates}
@@ -169,7 +170,9 @@ def _names(kind: Kind) -> dict[str, sql.Composable]:
         "cold": sql.Identifier(kind.readings_table),
         "live": sql.Identifier(kind.live_table),
         "key": sql.Identifier(kind.key),
-        "values": sql.SQL(", ").join(sql.Identifier(c) for c in ("ts", "received_at", *kind.value_columns)),
+        "values": sql.SQL(", ").join(
+            sql.Identifier(c) for c in ("ts", "received_at", *kind.value_columns, "kwh_register")
+        ),
         "energy": sql.Identifier(kind.energy.column),
     }
 
@@ -223,3 +226,134 @@ async def log_deletion(
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
+
+
+# Registers: the statements that settle derived energies (see ingest/registers.py).
+
+
+async def lock_devices(conn: Conn, kind: Kind, keys: Sequence[int]) -> None:
+    """Serialize flushes on the same register devices (their energies depend on each other's rows)."""
+    kind_id = 1 if kind.name == "meter" else 2
+    for key in sorted(keys):
+        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [kind_id, key])
+
+
+async def live_registers(conn: Conn, kind: Kind, keys: Sequence[int]) -> dict[int, tuple[datetime, float | None]]:
+    """(ts, register) of each device's newest reading, as stored before this flush."""
+    cur = await conn.execute(
+        sql.SQL("SELECT {key}, ts, kwh_register FROM {live} WHERE {key} = ANY(%s)").format(**_names(kind)), [list(keys)]
+    )
+    return {key: (ts, register) for key, ts, register in await cur.fetchall()}
+
+
+async def register_stretch(
+    conn: Conn, kind: Kind, key: int, lo: datetime, hi: datetime
+) -> tuple[tuple[datetime, float] | None, list[tuple[datetime, float, float, float | None, int | None]]]:
+    """The basis (last reading before `lo` with a non-zero register) and every reading after it up to
+    and including the first non-zero register after `hi`: (ts, register, energy, excluded, flags)."""
+    names = _names(kind)
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT ts, kwh_register FROM {cold} WHERE {key} = %s AND ts < %s AND kwh_register > 0"
+            " ORDER BY ts DESC LIMIT 1"
+        ).format(**names),
+        [key, lo],
+    )
+    basis = await cur.fetchone()
+    cur = await conn.execute(
+        sql.SQL("SELECT ts FROM {cold} WHERE {key} = %s AND ts > %s AND kwh_register > 0 ORDER BY ts LIMIT 1").format(
+            **names
+        ),
+        [key, hi],
+    )
+    end = await cur.fetchone()
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT ts, kwh_register, {energy}, excluded_kwh, register_flags FROM {cold}"
+            " WHERE {key} = %s AND ts > %s AND ts <= %s ORDER BY ts"
+        ).format(**names),
+        [key, basis[0] if basis else datetime.min.replace(tzinfo=lo.tzinfo), end[0] if end else hi],
+    )
+    return (basis[0], basis[1]) if basis else None, await cur.fetchall()
+
+
+async def set_derived(conn: Conn, kind: Kind, key: int, rows: Sequence[tuple[datetime, float, float, int]]) -> None:
+    """Store derived (ts, energy, excluded, flags) on a device's readings, in time order."""
+    if not rows:
+        return
+    names = _names(kind)
+    ts = [r[0] for r in rows]
+    await conn.execute(
+        sql.SQL(
+            "UPDATE {cold} c SET {energy} = u.energy, excluded_kwh = nullif(u.excluded, 0),"
+            " register_flags = nullif(u.flags, 0)"
+            " FROM unnest(%s::timestamptz[], %s::float8[], %s::float8[], %s::int2[]) AS u(ts, energy, excluded, flags)"
+            " WHERE c.{key} = %s AND c.ts = u.ts AND c.ts >= %s AND c.ts <= %s"
+        ).format(**names),
+        [ts, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], key, min(ts), max(ts)],
+    )
+
+
+async def add_to_hours(conn: Conn, kind: Kind, key: int, deltas: Sequence[tuple[datetime, float, float]]) -> None:
+    """Add (hour, energy, excluded) changes to a device's rollup hours, in hour order."""
+    if not deltas:
+        return
+    hours = [d[0] for d in deltas]
+    await conn.execute(
+        sql.SQL(
+            "UPDATE {rollup} h SET kwh = h.kwh + d.kwh, excluded_kwh = h.excluded_kwh + d.excluded"
+            " FROM unnest(%s::timestamptz[], %s::numeric[], %s::numeric[]) AS d(hour, kwh, excluded)"
+            " WHERE h.{key} = %s AND h.hour = d.hour AND h.hour >= %s AND h.hour <= %s"
+        ).format(rollup=sql.Identifier(kind.rollup_table), **_names(kind)),
+        [hours, [d[1] for d in deltas], [d[2] for d in deltas], key, min(hours), max(hours)],
+    )
+
+
+async def set_live_energy(conn: Conn, kind: Kind, key: int, ts: datetime, energy: float) -> None:
+    await conn.execute(
+        sql.SQL("UPDATE {live} SET {energy} = %s WHERE {key} = %s AND ts = %s").format(**_names(kind)),
+        [energy, key, ts],
+    )
+
+
+async def replace_events(
+    conn: Conn,
+    kind: Kind,
+    key: int,
+    after: datetime | None,
+    until: datetime,
+    events: Sequence[tuple[datetime, str, float, float]],
+) -> None:
+    """Make a device's recorded resets and placeholders in (after, until] what the sequence says now."""
+    await conn.execute(
+        "DELETE FROM register_events WHERE kind = %s AND device_key = %s AND ts > %s AND ts <= %s",
+        [kind.name, key, after or datetime.min.replace(tzinfo=until.tzinfo), until],
+    )
+    if events:
+        await conn.execute(
+            "INSERT INTO register_events (kind, device_key, ts, event, register, previous)"
+            " SELECT %s, %s, * FROM unnest(%s::timestamptz[], %s::text[], %s::float8[], %s::float8[])"
+            " ON CONFLICT (kind, device_key, ts) DO UPDATE"
+            " SET event = EXCLUDED.event, register = EXCLUDED.register, previous = EXCLUDED.previous",
+            [
+                kind.name,
+                key,
+                [e[0] for e in events],
+                [e[1] for e in events],
+                [e[2] for e in events],
+                [e[3] for e in events],
+            ],
+        )
+
+
+async def events_of(conn: Conn, kind: Kind, device_id: str) -> list[tuple[datetime, str, float, float]]:
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT e.ts, e.event, e.register, e.previous FROM register_events e"
+            " JOIN {devices} d ON d.{key} = e.device_key WHERE e.kind = %s AND d.{id} = %s ORDER BY e.ts"
+        ).format(
+            devices=sql.Identifier(kind.devices_table), key=sql.Identifier(kind.key), id=sql.Identifier(kind.id_column)
+        ),
+        [kind.name, device_id],
+    )
+    return await cur.fetchall()

@@ -13,12 +13,15 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any, Protocol
 
+import msgspec
 import psycopg
 
 from energy_ingest import errors
 from energy_ingest.db.partitions import PartitionKeeper, day_of
 from energy_ingest.db.pool import CONFLICT, DB_UNAVAILABLE, Conn, Pool
 from energy_ingest.devices.repository import DeviceKind, DeviceRegistry
+from energy_ingest.errors import InvalidInput
+from energy_ingest.ingest import registers
 from energy_ingest.ingest import repository as repo
 from energy_ingest.kinds import METER, VEHICLE, Kind
 from energy_ingest.readings.decode import DecodedBatch
@@ -124,6 +127,7 @@ class GroupCommitWriter:
         max_pending_requests: int = 10_000,
         max_queue_delay_ms: float = 1000.0,
         copy_threshold: int = 1000,
+        max_interval_kw: float = 350.0,
         observer: WriterObserver | None = None,
     ) -> None:
         self._pool = pool
@@ -135,6 +139,7 @@ class GroupCommitWriter:
         self._unavailable: str | None = None  # why the last flush failed, while the database is away
         self._pending_requests = 0  # queued + being written
         self._copy_threshold = copy_threshold
+        self._max_kw = max_interval_kw
         self._slots = asyncio.Semaphore(concurrency)
         self._queue: deque[_Request] = deque()
         self._queued_readings = 0
@@ -244,6 +249,9 @@ class GroupCommitWriter:
     async def _flush_group(self, group: list[_Request]) -> None:
         started = asyncio.get_running_loop().time()
         try:
+            group = await self._admit(group)
+            if not group:
+                return
             results, stats = await self._write(group)
         except CONFLICT as exc:
             log.error("flush of %d requests lost %d lock races in a row: %s", len(group), _CONFLICT_ATTEMPTS, exc)
@@ -274,6 +282,53 @@ class GroupCommitWriter:
                     request.future.set_result(result)
             if self._observer is not None:
                 self._observer.flushed(replace(stats, seconds=asyncio.get_running_loop().time() - started))
+
+    async def _admit(self, group: list[_Request]) -> list[_Request]:
+        """The requests whose devices report energy in the form they started with; the others fail."""
+        wanted: dict[DeviceKind, dict[str, str]] = {"meter": {}, "vehicle": {}}
+        for request in group:
+            for stream in _STREAMS:
+                for reading in stream.readings(request.batch):
+                    wanted[stream.kind].setdefault(stream.device(reading), stream.form(reading))
+        known = {kind: self._registry.cached_forms(kind) for kind in wanted}
+        if any(i not in known[kind] for kind, ids in wanted.items() for i in ids):
+            async with self._pool.connection() as conn:
+                for kind, ids in wanted.items():
+                    if ids:
+                        known[kind] = await self._registry.forms(conn, kind, ids)
+        admitted = []
+        for request in group:
+            wrong = self._wrong_form(request, known)
+            if wrong is None:
+                admitted.append(request)
+            elif not request.future.done():
+                request.future.set_exception(wrong)  # its share of the pending counts goes in _flush
+        return admitted
+
+    @staticmethod
+    def _wrong_form(request: _Request, known: dict[DeviceKind, dict[str, str]]) -> InvalidInput | None:
+        for stream in _STREAMS:
+            kind = stream.kind_of
+            for reading in stream.readings(request.batch):
+                device = stream.device(reading)
+                form = known[stream.kind].get(device)
+                if form is None or form == stream.form(reading):
+                    continue
+                given, kept = (
+                    (kind.register.api, kind.energy.api) if form == "interval" else (kind.energy.api, kind.register.api)
+                )
+                return InvalidInput(
+                    "A reading is in the other energy form than its device's; nothing was stored.",
+                    errors=[
+                        {
+                            "field": given,
+                            "deviceId": device,
+                            "reason": f"{kind.name} {device} reports {kept}; a device keeps the form it started "
+                            "with, so that energy is never counted twice",
+                        }
+                    ],
+                )
+        return None
 
     def _fail(self, group: list[_Request], exc: BaseException) -> None:
         for request in group:
@@ -315,7 +370,23 @@ class GroupCommitWriter:
     async def _commit(
         self, conn: Conn, group: list[_Request], meters: list[tuple[Any, ...]], vehicles: list[tuple[Any, ...]]
     ) -> tuple[list[IngestResult], FlushStats]:
-        if len(meters) + len(vehicles) < self._copy_threshold:
+        registered = [_registered(meters), _registered(vehicles)]
+        if any(registered):
+            # Register readings' energies depend on their neighbours: settled in the same transaction,
+            # their devices locked first (meters, then vehicles), then the usual order.
+            async with conn.transaction():
+                before = [
+                    await registers.prepare(conn, s.kind_of, keys) for s, keys in zip(_STREAMS, registered, strict=True)
+                ]
+                new_meters = await repo.write_staged(conn, METERS.sql, meters) if meters else []
+                new_vehicles = await repo.write_staged(conn, VEHICLES.sql, vehicles) if vehicles else []
+                for stream, rows, new, pre in zip(
+                    _STREAMS, (meters, vehicles), (new_meters, new_vehicles), before, strict=True
+                ):
+                    inserted = set(new)
+                    values = [(r[1], r[2], r[-1]) for r in rows if r[-1] is not None and (r[1], r[2]) in inserted]
+                    await registers.settle(conn, stream.kind_of, values, pre, self._max_kw)
+        elif len(meters) + len(vehicles) < self._copy_threshold:
             new_meters, new_vehicles = await repo.write_inline(conn, [meters, vehicles])
         else:
             async with conn.transaction():
@@ -353,29 +424,58 @@ class GroupCommitWriter:
 class _Stream:
     """How one kind of reading becomes rows."""
 
+    kind_of: Kind
     kind: DeviceKind
     table: str
     rollup_table: str
     sql: repo.StreamSQL
     readings: Callable[[DecodedBatch], Sequence[Any]]
     device: Callable[[Any], str]
-    values: Callable[[Any], tuple[float, ...]]
+    values: Callable[[Any], tuple[float | None, ...]]
+    form: Callable[[Any], str]  # 'register' or 'interval'
+
+
+def _values(kind: Kind) -> Callable[[Any], tuple[float | None, ...]]:
+    """A reading's staged values: its energy (0 until derived, for a register reading), the others,
+    and its register (None for an interval reading)."""
+    energy, rest = kind.energy.column, attrgetter(*kind.value_columns[1:])
+    register = kind.register.column
+
+    def values(reading: Any) -> tuple[float | None, ...]:
+        kwh = getattr(reading, energy)
+        total = getattr(reading, register)
+        others = rest(reading)
+        return (
+            0.0 if kwh is msgspec.UNSET else kwh,
+            *(others if isinstance(others, tuple) else (others,)),
+            None if total is msgspec.UNSET else total,
+        )
+
+    return values
 
 
 def _stream(kind: Kind, sql: repo.StreamSQL, readings: Callable[[DecodedBatch], Sequence[Any]]) -> _Stream:
     return _Stream(
+        kind,
         kind.name,
         kind.readings_table,
         kind.rollup_table,
         sql,
         readings=readings,
         device=attrgetter(kind.id_column),
-        values=attrgetter(*kind.value_columns),
+        values=_values(kind),
+        form=lambda r: "interval" if getattr(r, kind.register.column) is msgspec.UNSET else "register",
     )
 
 
 METERS = _stream(METER, repo.METER_SQL, lambda b: b.meters)
 VEHICLES = _stream(VEHICLE, repo.VEHICLE_SQL, lambda b: b.vehicles)
+_STREAMS = (METERS, VEHICLES)
+
+
+def _registered(rows: list[tuple[Any, ...]]) -> list[int]:
+    """Keys of the devices whose rows carry a register (the last staged value)."""
+    return sorted({row[1] for row in rows if row[-1] is not None})
 
 
 def _attribute(

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -33,6 +33,9 @@ log = logging.getLogger("energy_ingest.keys")
 
 SCOPES = ("ingest", "read", "admin")
 POLL_S = 2.0
+# A change is stamped (changed_at) before it commits, so one stamped earlier than a change already seen
+# can still become visible later: each poll looks back this far too.
+COMMIT_LAG = timedelta(seconds=60)
 LOOKUPS_PER_S = 20
 MAX_TOKEN_BYTES = 256
 _TOKEN = re.compile(r"^(ei_[0-9a-f]{8})_[A-Za-z0-9_-]{43}$")
@@ -152,9 +155,9 @@ async def ensure_first_admin(conn: Conn, key_file: Path) -> str | None:
     new = await create(conn, "admin (first start)", ["admin"])
     key_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file was already there, before the key is in it
     with os.fdopen(fd, "w") as out:
         out.write(new.key + "\n")
-    os.chmod(key_file, 0o600)  # also when the file was already there
     return new.key
 
 
@@ -177,7 +180,8 @@ class KeyCache:
     _lookups: int = 0
 
     async def refresh(self, conn: Conn) -> None:
-        for row in await repo.changed_since(conn, self._since):
+        since = None if self._since is None else self._since - COMMIT_LAG
+        for row in await repo.changed_since(conn, since):
             self._rows[row.prefix] = row
             self._since = row.changed_at if self._since is None else max(self._since, row.changed_at)
 

@@ -24,6 +24,7 @@ from energy_ingest.readings.model import (
     DeviceId,
     Energy,
     MeterReading,
+    Register,
     StateOfCharge,
     Timestamp,
     VehicleReading,
@@ -94,15 +95,19 @@ class _Incoming(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     meter_id: DeviceId | None = None
     vehicle_id: DeviceId | None = None
     kwh_consumed_ac: Energy | None = None
+    kwh_consumed_ac_total: Register | None = None
     voltage: Voltage | None = None
     soc: StateOfCharge | None = None
     kwh_delivered_dc: Energy | None = None
+    kwh_delivered_dc_total: Register | None = None
     battery_temp: BatteryTemp | None = None
     timestamp: Timestamp | None = None
 
 
-_METER_FIELDS = (METER.id_api, *(v.api for v in METER.values), "timestamp")
-_VEHICLE_FIELDS = (VEHICLE.id_api, *(v.api for v in VEHICLE.values), "timestamp")
+_METER_FIELDS = (METER.id_api, *(v.api for v in METER.values), METER.register.api, "timestamp")
+_VEHICLE_FIELDS = (VEHICLE.id_api, *(v.api for v in VEHICLE.values), VEHICLE.register.api, "timestamp")
+# Each kind's energy pair: a reading carries exactly one of them.
+_PAIRS = {"meter": (METER.energy.api, METER.register.api), "vehicle": (VEHICLE.energy.api, VEHICLE.register.api)}
 _ONE = msgspec.json.Decoder(_Incoming)
 _MANY = msgspec.json.Decoder(list[_Incoming])
 _RAW_MANY = msgspec.json.Decoder(list[msgspec.Raw])
@@ -275,6 +280,16 @@ def _tiny(value: float) -> bool:
     return value != 0 and -MIN_MAGNITUDE < value < MIN_MAGNITUDE
 
 
+def _plausible(energy: float | None, register: float | None, rules: Rules) -> bool:
+    if energy is not None:
+        return energy <= rules.max_interval_kwh and not _tiny(energy)
+    return register is not None and not _tiny(register)
+
+
+def _given(value: float | None) -> float | msgspec.UnsetType:
+    return msgspec.UNSET if value is None else value
+
+
 def _check(
     item: _Incoming, latest: datetime, earliest: datetime, rules: Rules
 ) -> MeterReading | VehicleReading | list[tuple[str, str]]:
@@ -283,38 +298,43 @@ def _check(
     if ts is not None and earliest <= ts <= latest:
         if (
             item.meter_id is not None
-            and item.kwh_consumed_ac is not None
+            and (item.kwh_consumed_ac is None) != (item.kwh_consumed_ac_total is None)
             and item.voltage is not None
             and item.type != "vehicle"
             and item.vehicle_id is None
             and item.soc is None
             and item.kwh_delivered_dc is None
+            and item.kwh_delivered_dc_total is None
             and item.battery_temp is None
-            and item.kwh_consumed_ac <= rules.max_interval_kwh
-            and not _tiny(item.kwh_consumed_ac)
+            and _plausible(item.kwh_consumed_ac, item.kwh_consumed_ac_total, rules)
             and not _tiny(item.voltage)
         ):
             return MeterReading(
-                meter_id=item.meter_id, kwh_consumed_ac=item.kwh_consumed_ac, voltage=item.voltage, timestamp=ts
+                meter_id=item.meter_id,
+                kwh_consumed_ac=_given(item.kwh_consumed_ac),
+                kwh_consumed_ac_total=_given(item.kwh_consumed_ac_total),
+                voltage=item.voltage,
+                timestamp=ts,
             )
         if (
             item.vehicle_id is not None
             and item.soc is not None
-            and item.kwh_delivered_dc is not None
+            and (item.kwh_delivered_dc is None) != (item.kwh_delivered_dc_total is None)
             and item.battery_temp is not None
             and item.type != "meter"
             and item.meter_id is None
             and item.kwh_consumed_ac is None
+            and item.kwh_consumed_ac_total is None
             and item.voltage is None
-            and item.kwh_delivered_dc <= rules.max_interval_kwh
-            and not _tiny(item.kwh_delivered_dc)
+            and _plausible(item.kwh_delivered_dc, item.kwh_delivered_dc_total, rules)
             and not _tiny(item.soc)
             and not _tiny(item.battery_temp)
         ):
             return VehicleReading(
                 vehicle_id=item.vehicle_id,
                 soc=item.soc,
-                kwh_delivered_dc=item.kwh_delivered_dc,
+                kwh_delivered_dc=_given(item.kwh_delivered_dc),
+                kwh_delivered_dc_total=_given(item.kwh_delivered_dc_total),
                 battery_temp=item.battery_temp,
                 timestamp=ts,
             )
@@ -332,23 +352,34 @@ def _problems(item: _Incoming, latest: datetime, earliest: datetime, rules: Rule
     present = {
         "meterId": item.meter_id,
         "kwhConsumedAc": item.kwh_consumed_ac,
+        "kwhConsumedAcTotal": item.kwh_consumed_ac_total,
         "voltage": item.voltage,
         "vehicleId": item.vehicle_id,
         "soc": item.soc,
         "kwhDeliveredDc": item.kwh_delivered_dc,
+        "kwhDeliveredDcTotal": item.kwh_delivered_dc_total,
         "batteryTemp": item.battery_temp,
         "timestamp": item.timestamp,
     }
     wanted = _METER_FIELDS if kind == "meter" else _VEHICLE_FIELDS
-    problems = [(name, f"is required for a {kind} reading") for name in wanted if present[name] is None]
+    energy, register = _PAIRS[kind]
+    problems = [
+        (name, f"is required for a {kind} reading")
+        for name in wanted
+        if present[name] is None and name not in (energy, register)
+    ]
+    if present[energy] is None and present[register] is None:
+        problems.append((energy, f"is required for a {kind} reading (or {register}, its cumulative register)"))
+    elif present[energy] is not None and present[register] is not None:
+        problems.append((register, f"a reading carries either {energy} or {register}, not both"))
     problems += [
         (name, f"is not a field of a {kind} reading")
         for name, value in present.items()
         if value is not None and name not in wanted
     ]
     for name in ("kwhConsumedAc", "kwhDeliveredDc"):
-        energy = present[name]
-        if name in wanted and isinstance(energy, float) and energy > rules.max_interval_kwh:
+        kwh = present[name]
+        if name in wanted and isinstance(kwh, float) and kwh > rules.max_interval_kwh:
             problems.append(
                 (name, f"must be at most {rules.max_interval_kwh:g} kWh for one reading (MAX_INTERVAL_KWH)")
             )

@@ -29,6 +29,10 @@ Energy = Annotated[
         description="Energy of this reading's interval, kWh: 0 or 1e-9 up to MAX_INTERVAL_KWH (default 100)",
     ),
 ]
+Register = Annotated[
+    float,
+    msgspec.Meta(ge=0, le=1e9, description="Cumulative register: kWh since installation (finite, ≥ 0)"),
+]
 Voltage = Annotated[float, msgspec.Meta(ge=0, le=1000, description="Volts, 0–1000")]
 StateOfCharge = Annotated[float, msgspec.Meta(ge=0, le=100, description="State of charge, %, 0–100")]
 BatteryTemp = Annotated[float, msgspec.Meta(ge=-50, le=150, description="Battery temperature, °C, −50–150")]
@@ -43,7 +47,9 @@ class MeterReading(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_
 
     type: Literal["meter"] = "meter"
     meter_id: DeviceId
-    kwh_consumed_ac: Energy
+    # Exactly one of the pair: the interval's energy, or the register it is derived from.
+    kwh_consumed_ac: Energy | msgspec.UnsetType = msgspec.UNSET
+    kwh_consumed_ac_total: Register | msgspec.UnsetType = msgspec.UNSET
     voltage: Voltage
     timestamp: Timestamp
 
@@ -54,6 +60,7 @@ class VehicleReading(msgspec.Struct, kw_only=True, rename="camel", forbid_unknow
     type: Literal["vehicle"] = "vehicle"
     vehicle_id: DeviceId
     soc: StateOfCharge
-    kwh_delivered_dc: Energy
+    kwh_delivered_dc: Energy | msgspec.UnsetType = msgspec.UNSET
+    kwh_delivered_dc_total: Register | msgspec.UnsetType = msgspec.UNSET
     battery_temp: BatteryTemp
     timestamp: Timestamp

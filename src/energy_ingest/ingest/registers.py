@@ -1,0 +1,71 @@
+"""Settle register readings inside a flush's transaction: apply the counter rules
+(readings/registers.py) to the stretch of each device's sequence that the flush changed, and keep
+the stored energies, rollup hours, live state and recorded events equal to what the rules say.
+
+A reading arriving in order (after the device's newest) is measured from the live row alone; a
+late one is read with its neighbours, up to the next non-zero register, whose rise it splits.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+from energy_ingest.db.pool import Conn
+from energy_ingest.ingest import repository as repo
+from energy_ingest.kinds import Kind
+from energy_ingest.readings.registers import Point, derive
+
+
+async def prepare(conn: Conn, kind: Kind, keys: Sequence[int]) -> dict[int, tuple[datetime, float | None]]:
+    """Lock the flush's register devices and read their newest reading before the flush writes."""
+    await repo.lock_devices(conn, kind, keys)
+    return await repo.live_registers(conn, kind, keys)
+
+
+async def settle(
+    conn: Conn,
+    kind: Kind,
+    inserted: Sequence[tuple[int, datetime, float]],
+    before: dict[int, tuple[datetime, float | None]],
+    max_kw: float,
+) -> None:
+    """Derive the energies of the register readings this flush `inserted` (key, ts, register)."""
+    by_device: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
+    for key, ts, register in inserted:
+        by_device[key].append((ts, register))
+    for key in sorted(by_device):
+        new = sorted(by_device[key])
+        newest = before.get(key)
+        if newest is None or (newest[0] < new[0][0] and (newest[1] or 0) > 0):
+            # In order: measured from the newest stored reading, nothing stored after it.
+            basis = Point(newest[0], float(newest[1] or 0)) if newest else None
+            stored: list[tuple[datetime, float, float, float | None, int | None]] = [
+                (ts, register, 0.0, None, None) for ts, register in new
+            ]
+        else:
+            found, stored = await repo.register_stretch(conn, kind, key, new[0][0], new[-1][0])
+            basis = Point(*found) if found else None
+        derived, events = derive([Point(ts, register) for ts, register, *_ in stored], basis, max_kw)
+        changed = []
+        hours: dict[datetime, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for (ts, _, energy, excluded, flags), d in zip(stored, derived, strict=True):
+            if (energy, excluded or 0.0, flags or 0) != (d.energy, d.excluded, d.flags):
+                changed.append((ts, d.energy, d.excluded, d.flags))
+                hour = hours[ts.replace(minute=0, second=0, microsecond=0)]
+                hour[0] += d.energy - energy
+                hour[1] += d.excluded - (excluded or 0.0)
+        await repo.set_derived(conn, kind, key, changed)
+        await repo.add_to_hours(conn, kind, key, [(h, kwh, x) for h, (kwh, x) in sorted(hours.items())])
+        last = stored[-1][0]
+        if newest is None or last >= newest[0]:
+            await repo.set_live_energy(conn, kind, key, last, derived[-1].energy)
+        await repo.replace_events(
+            conn,
+            kind,
+            key,
+            basis.ts if basis else None,
+            last,
+            [(e.ts, e.event, e.register, e.previous) for e in events],
+        )
