@@ -19,7 +19,7 @@ from energy_ingest.analytics.endpoints import fleet_report, meter_analytics, veh
 from energy_ingest.config import Settings
 from energy_ingest.db.partitions import compact_closed_days, drop_expired
 from energy_ingest.db.pool import open_pool
-from energy_ingest.http.auth import authenticate
+from energy_ingest.http.auth import authenticate, document_auth
 from energy_ingest.http.context import Services, get_services
 from energy_ingest.http.front import FrontDoor
 from energy_ingest.http.health import health, ready
@@ -35,8 +35,16 @@ from energy_ingest.ingest.writer import GroupCommitWriter
 from energy_ingest.keys.endpoints import create_key, list_keys, revoke_key
 from energy_ingest.keys.service import KeyCache, keep_fresh
 from energy_ingest.links.endpoints import delete_link, get_link, put_link
-from energy_ingest.live.endpoints import meter_live, meters_live, vehicle_live, vehicles_live
+from energy_ingest.live.endpoints import (
+    meter_live,
+    meter_resets,
+    meters_live,
+    vehicle_live,
+    vehicle_resets,
+    vehicles_live,
+)
 from energy_ingest.metrics import QUEUE
+from energy_ingest.mqtt.consumer import Consumer as MqttConsumer
 from energy_ingest.readings.decode import rules_from
 
 log = logging.getLogger("energy_ingest")
@@ -108,6 +116,11 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
         upkeep = asyncio.create_task(_keep_partitions(services), name="partition-upkeep")
         sampler = asyncio.create_task(_sample_queue(writer), name="queue-sampler")
         key_poller = asyncio.create_task(keep_fresh(keys, pool), name="key-poller")
+        mqtt = None
+        if settings.mqtt_url:
+            consumer = MqttConsumer(settings, services.ingest, services.rules)
+            services.mqtt_down = consumer.down
+            mqtt = asyncio.create_task(consumer.run(), name="mqtt-consumer")
         if not settings.auth:
             log.warning("AUTHENTICATION IS OFF: anyone who reaches %s can write and read everything", settings.host)
         try:
@@ -118,6 +131,10 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await writer.stop()
+            if mqtt is not None:  # after the writer's last commits, so their messages are acknowledged
+                mqtt.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await mqtt
             await pool.close()
 
     app = Litestar(
@@ -138,6 +155,8 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             delete_link,
             meter_live,
             vehicle_live,
+            meter_resets,
+            vehicle_resets,
             health,
             ready,
             metrics_endpoint,
@@ -171,6 +190,7 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
     )
     # The ingest endpoint is a bare ASGI handler: its operation is written out by hand.
     app.openapi_schema.paths = {INGEST_PATH: ingest_operation(), **(app.openapi_schema.paths or {})}
+    document_auth(app)
     return FrontDoor(app)
 
 

@@ -50,6 +50,7 @@ class Sums:
     value_sum: Decimal = Decimal(0)  # battery temperature or voltage
     value_min: float | None = None
     value_max: float | None = None
+    excluded: Decimal = Decimal(0)  # implausible register rises, left out of `kwh`
 
     def add(self, n: int, kwh: Decimal, value_sum: Decimal, lo: float | None, hi: float | None) -> None:
         self.readings += n
@@ -77,6 +78,7 @@ class Series:
         total = Sums()
         for s in self.buckets.values():
             total.add(s.readings, s.kwh, s.value_sum, s.value_min, s.value_max)
+            total.excluded += s.excluded
         return total
 
 
@@ -139,19 +141,20 @@ def _ranges(column: str, ranges: list[Range], params: _Params) -> str:
 def device_parts(
     table: _Table, key: int, cover: Cover, bucket: Bucket | None, params: _Params, tag: int = 0
 ) -> list[str]:
-    """SELECTs of one device's sums per bucket over `cover`: (tag, bucket, n, kwh, sum, min, max)."""
+    """SELECTs of one device's sums per bucket over `cover`: (tag, bucket, n, kwh, sum, min, max, excluded)."""
     parts = []
     k = params.add(key)
     if cover.hours:
         parts.append(
             f"SELECT {tag}, {bucket_sql(bucket, 'hour')}, sum(readings)::bigint, sum(kwh), sum({table.value_sum}),"
-            f" min({table.value_min}), max({table.value_max})"
+            f" min({table.value_min}), max({table.value_max}), sum(excluded_kwh)"
             f" FROM {table.hourly} WHERE {table.key} = {k} AND ({_ranges('hour', cover.hours, params)}) GROUP BY 2"
         )
     if cover.raw:
         parts.append(
             f"SELECT {tag}, {bucket_sql(bucket, 'ts')}, count(*), sum({table.kwh}::numeric),"
-            f" sum({table.value}::numeric), min({table.value}), max({table.value})"
+            f" sum({table.value}::numeric), min({table.value}), max({table.value}),"
+            " sum(coalesce(excluded_kwh, 0)::numeric)"
             f" FROM {table.raw} WHERE {table.key} = {k} AND ({_ranges('ts', cover.raw, params)}) GROUP BY 2"
         )
     return parts
@@ -178,8 +181,10 @@ async def run_series(conn: Conn, statement: Statement | None, tags: int) -> list
     if statement is None:
         return result
     cur = await conn.execute(statement.sql.encode(), statement.params)
-    for tag, bucket, n, kwh, value_sum, lo, hi in await cur.fetchall():
-        result[tag].at(bucket).add(int(n), kwh or Decimal(0), value_sum or Decimal(0), lo, hi)
+    for tag, bucket, n, kwh, value_sum, lo, hi, excluded in await cur.fetchall():
+        sums = result[tag].at(bucket)
+        sums.add(int(n), kwh or Decimal(0), value_sum or Decimal(0), lo, hi)
+        sums.excluded += excluded or Decimal(0)
     return result
 
 

@@ -47,6 +47,8 @@ class PerformanceReport(msgspec.Struct, rename="camel", omit_defaults=True):
     readings: ReadingCounts
     resolution: Resolution  # "hour" when part of the window is past raw retention
     series: list[PerformancePoint] | None = None
+    excluded_ac: float = 0.0  # implausible register rises left out of the totals (shown when any)
+    excluded_dc: float = 0.0
 
 
 class VoltageStats(msgspec.Struct):
@@ -71,6 +73,7 @@ class MeterReport(msgspec.Struct, rename="camel", omit_defaults=True):
     voltage: VoltageStats
     resolution: Resolution
     series: list[MeterPoint] | None = None
+    excluded_kwh: float = 0.0  # implausible register rises left out of the totals (shown when any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +201,8 @@ async def performance(pool: Pool, vehicle_id: str, window: Window, threshold: fl
         readings=ReadingCounts(meter=ac_total.readings, vehicle=dc_total.readings),
         resolution="hour" if plan.widened else "reading",
         series=series,
+        excluded_ac=round_kwh(ac_total.excluded),
+        excluded_dc=round_kwh(dc_total.excluded),
     )
 
 
@@ -243,4 +248,5 @@ async def meter_report(pool: Pool, meter_id: str, window: Window) -> MeterReport
         voltage=_voltage(total),
         resolution="hour" if whole.widened else "reading",
         series=points,
+        excluded_kwh=round_kwh(total.excluded),
     )

@@ -49,15 +49,13 @@ async def settle(
             basis = Point(*found) if found else None
         derived, events = derive([Point(ts, register) for ts, register, *_ in stored], basis, max_kw)
         changed = []
-        hours: dict[datetime, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        moves = []
         for (ts, _, energy, excluded, flags), d in zip(stored, derived, strict=True):
             if (energy, excluded or 0.0, flags or 0) != (d.energy, d.excluded, d.flags):
                 changed.append((ts, d.energy, d.excluded, d.flags))
-                hour = hours[ts.replace(minute=0, second=0, microsecond=0)]
-                hour[0] += d.energy - energy
-                hour[1] += d.excluded - (excluded or 0.0)
+                moves.append((ts, energy, d.energy, excluded or 0.0, d.excluded))
         await repo.set_derived(conn, kind, key, changed)
-        await repo.add_to_hours(conn, kind, key, [(h, kwh, x) for h, (kwh, x) in sorted(hours.items())])
+        await repo.add_to_hours(conn, kind, key, moves)
         last = stored[-1][0]
         if newest is None or last >= newest[0]:
             await repo.set_live_energy(conn, kind, key, last, derived[-1].energy)

@@ -294,18 +294,25 @@ async def set_derived(conn: Conn, kind: Kind, key: int, rows: Sequence[tuple[dat
     )
 
 
-async def add_to_hours(conn: Conn, kind: Kind, key: int, deltas: Sequence[tuple[datetime, float, float]]) -> None:
-    """Add (hour, energy, excluded) changes to a device's rollup hours, in hour order."""
-    if not deltas:
+async def add_to_hours(
+    conn: Conn, kind: Kind, key: int, changes: Sequence[tuple[datetime, float, float, float, float]]
+) -> None:
+    """Move a device's rollup hours by its readings' changes (ts, old energy, new energy, old excluded,
+    new excluded), cast to numeric as the rollup insert casts them, so sums stay equal to raw sums."""
+    if not changes:
         return
-    hours = [d[0] for d in deltas]
+    stamps = [c[0] for c in changes]
+    lo = min(stamps).replace(minute=0, second=0, microsecond=0)
     await conn.execute(
         sql.SQL(
             "UPDATE {rollup} h SET kwh = h.kwh + d.kwh, excluded_kwh = h.excluded_kwh + d.excluded"
-            " FROM unnest(%s::timestamptz[], %s::numeric[], %s::numeric[]) AS d(hour, kwh, excluded)"
+            " FROM (SELECT date_trunc('hour', ts, 'UTC') AS hour, sum(e1::numeric - e0::numeric) AS kwh,"
+            " sum(x1::numeric - x0::numeric) AS excluded"
+            " FROM unnest(%s::timestamptz[], %s::float8[], %s::float8[], %s::float8[], %s::float8[])"
+            " AS u(ts, e0, e1, x0, x1) GROUP BY 1) d"
             " WHERE h.{key} = %s AND h.hour = d.hour AND h.hour >= %s AND h.hour <= %s"
         ).format(rollup=sql.Identifier(kind.rollup_table), **_names(kind)),
-        [hours, [d[1] for d in deltas], [d[2] for d in deltas], key, min(hours), max(hours)],
+        [stamps, *([c[i] for c in changes] for i in range(1, 5)), key, lo, max(stamps)],
     )
 
 
@@ -344,16 +351,3 @@ async def replace_events(
                 [e[3] for e in events],
             ],
         )
-
-
-async def events_of(conn: Conn, kind: Kind, device_id: str) -> list[tuple[datetime, str, float, float]]:
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT e.ts, e.event, e.register, e.previous FROM register_events e"
-            " JOIN {devices} d ON d.{key} = e.device_key WHERE e.kind = %s AND d.{id} = %s ORDER BY e.ts"
-        ).format(
-            devices=sql.Identifier(kind.devices_table), key=sql.Identifier(kind.key), id=sql.Identifier(kind.id_column)
-        ),
-        [kind.name, device_id],
-    )
-    return await cur.fetchall()

@@ -384,7 +384,9 @@ class GroupCommitWriter:
                     _STREAMS, (meters, vehicles), (new_meters, new_vehicles), before, strict=True
                 ):
                     inserted = set(new)
-                    values = [(r[1], r[2], r[-1]) for r in rows if r[-1] is not None and (r[1], r[2]) in inserted]
+                    # Of a reading sent twice in one flush the first copy was stored (rows are in arrival order).
+                    first = {(r[1], r[2]): r[-1] for r in reversed(rows) if r[-1] is not None}
+                    values = [(key, ts, register) for (key, ts), register in first.items() if (key, ts) in inserted]
                     await registers.settle(conn, stream.kind_of, values, pre, self._max_kw)
         elif len(meters) + len(vehicles) < self._copy_threshold:
             new_meters, new_vehicles = await repo.write_inline(conn, [meters, vehicles])

@@ -16,8 +16,9 @@ from energy_ingest.errors import InvalidInput, NotFound
 from energy_ingest.http.context import ServicesDep
 from energy_ingest.http.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOperation, problems
 from energy_ingest.http.params import MeterIdPath, VehicleIdPath, parse_device_cursor
+from energy_ingest.kinds import METER, VEHICLE
 from energy_ingest.live import repository
-from energy_ingest.live.repository import MeterLive, VehicleLive
+from energy_ingest.live.repository import MeterLive, RegisterEvent, VehicleLive
 
 MAX_LIMIT = 1000
 MAX_STALE = timedelta(days=3650)
@@ -127,4 +128,37 @@ async def vehicle_live(services: ServicesDep, vehicleId: VehicleIdPath) -> Vehic
     found = await repository.vehicle(services.pool, vehicleId)
     if found is None:
         raise NotFound(f"no reading from vehicle {vehicleId}")
+    return found
+
+
+_RESETS = problems({400: BAD_PARAMETERS, 404: "The device has sent no reading", 503: DATABASE_DOWN})
+
+
+@get(
+    "/v1/meters/{meterId:str}/resets",
+    opt={"scope": "read"},
+    tags=["live"],
+    summary="A register meter's recorded resets and zero placeholders, oldest first",
+    operation_class=ProblemOperation,
+    responses=_RESETS,
+)
+async def meter_resets(services: ServicesDep, meterId: MeterIdPath) -> list[RegisterEvent]:
+    found = await repository.register_events(services.pool, METER, meterId)
+    if found is None:
+        raise NotFound(f"meter {meterId} has sent no reading")
+    return found
+
+
+@get(
+    "/v1/vehicles/{vehicleId:str}/resets",
+    opt={"scope": "read"},
+    tags=["live"],
+    summary="A register vehicle's recorded resets and zero placeholders, oldest first",
+    operation_class=ProblemOperation,
+    responses=_RESETS,
+)
+async def vehicle_resets(services: ServicesDep, vehicleId: VehicleIdPath) -> list[RegisterEvent]:
+    found = await repository.register_events(services.pool, VEHICLE, vehicleId)
+    if found is None:
+        raise NotFound(f"vehicle {vehicleId} has sent no reading")
     return found

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
+import msgspec
+
 from energy_ingest.db.pool import Pool
 from energy_ingest.kinds import METER, VEHICLE, Kind
 from energy_ingest.readings.model import MeterReading, VehicleReading
@@ -25,7 +27,7 @@ LiveT = TypeVar("LiveT", MeterLive, VehicleLive)
 def _select(kind: Kind) -> str:
     values = ", ".join(f"l.{c}" for c in kind.value_columns)
     return (
-        f"SELECT d.{kind.id_column}, l.ts, l.received_at, {values}"
+        f"SELECT d.{kind.id_column}, l.ts, l.received_at, l.kwh_register, {values}"
         f" FROM {kind.devices_table} d JOIN {kind.live_table} l USING ({kind.key})"
     )
 
@@ -43,11 +45,13 @@ def _mapper(kind: Kind, live: type[LiveT]) -> Callable[[tuple[Any, ...]], LiveT]
     exact = [v.sql_type == "float8" for v in kind.values]
 
     def to_live(row: tuple[Any, ...]) -> LiveT:
-        device_id, ts, received_at, *values = row
+        device_id, ts, received_at, register, *values = row
         fields: dict[str, Any] = {
             c: v if e else _f4(v) for c, v, e in zip(kind.value_columns, values, exact, strict=True)
         }
         fields |= {kind.id_column: device_id, "timestamp": ts, "received_at": received_at}
+        if register is not None:  # a register device: its latest register, and the energy derived from it
+            fields[kind.register.column] = register
         return live(**fields)
 
     return to_live
@@ -82,3 +86,28 @@ async def meters(pool: Pool, limit: int, after: str | None, silent_since: dateti
 async def vehicles(pool: Pool, limit: int, after: str | None, silent_since: datetime | None) -> list[VehicleLive]:
     params = {"after": after or "", "since": silent_since, "limit": limit}
     return [_vehicle(row) for row in await _rows(pool, _VEHICLES + _PAGE.format(id="d.vehicle_id"), params)]
+
+
+class RegisterEvent(msgspec.Struct, rename="camel"):
+    """A reset (a drop: counting starts again from zero) or a zero placeholder (ignored)."""
+
+    timestamp: datetime
+    event: str
+    register: float
+    previous: float
+
+
+async def register_events(pool: Pool, kind: Kind, device_id: str) -> list[RegisterEvent] | None:
+    """A device's recorded resets and placeholders, oldest first; None for an unknown device."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT {kind.key} FROM {kind.devices_table} WHERE {kind.id_column} = %s", [device_id]
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        cur = await conn.execute(
+            "SELECT ts, event, register, previous FROM register_events WHERE kind = %s AND device_key = %s ORDER BY ts",
+            [kind.name, row[0]],
+        )
+        return [RegisterEvent(ts, event, register, previous) for ts, event, register, previous in await cur.fetchall()]
