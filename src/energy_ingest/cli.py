@@ -117,7 +117,14 @@ async def _delete(url: str, args: argparse.Namespace) -> str:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True, options="-c TimeZone=UTC") as conn:
         try:
             done = await repair.delete_readings(
-                conn, args.device, args.delete_from, args.delete_to, kind=args.kind, reason=args.reason, by="cli"
+                conn,
+                args.device,
+                args.delete_from,
+                args.delete_to,
+                kind=args.kind,
+                reason=args.reason,
+                by="cli",
+                max_interval_kw=Settings.from_env().max_interval_kw,
             )
         except DomainError as exc:
             sys.exit(f"energy-ingest: {exc}")

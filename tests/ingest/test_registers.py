@@ -202,3 +202,24 @@ def test_concurrent_writers_of_one_register_device_agree(client: TestClient[Any]
         (round(d.energy, 9), round(d.excluded, 9)) for d in derived
     ]
     _rollups_equal_raw(db)
+
+
+def test_deleting_register_readings_resettles_what_follows(client: TestClient[Any], db: Conn) -> None:
+    body = [register_meter("DEL-R", T0 + timedelta(hours=h), total) for h, total in enumerate([10, 11, 15, 16])]
+    assert client.post("/v1/ingest", json=body).status_code == 201
+    window = f"{_window()}&bucket=1h"
+    assert [p["totalKwh"] for p in client.get(f"/v1/analytics/meters/DEL-R?{window}").json()["series"]][:4] == [
+        0,
+        1,
+        4,
+        1,
+    ]
+    gone = client.delete(
+        f"/v1/meters/DEL-R/readings?from={iso(T0 + timedelta(hours=1))}&to={iso(T0 + timedelta(hours=2))}"
+    )
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["deleted"] == 1
+    # 15 now rises from 10: the energy of the deleted interval is not lost, only attributed later.
+    series = client.get(f"/v1/analytics/meters/DEL-R?{window}").json()["series"]
+    assert [p["totalKwh"] for p in series][:4] == [0, 0, 5, 1]
+    _rollups_equal_raw(db)

@@ -77,3 +77,10 @@ async def find(conn: Conn, kind: DeviceKind, device_id: str) -> int | None:
     cur = await conn.execute(_query("SELECT {key} FROM {table} WHERE {id} = %s", kind), [device_id])
     row = await cur.fetchone()
     return None if row is None else int(row[0])
+
+
+async def form_of(conn: Conn, kind: DeviceKind, key: int) -> str | None:
+    """The energy form a device reports in ('interval', 'register'), None before its first reading."""
+    cur = await conn.execute(_query("SELECT energy_form FROM {table} WHERE {key} = %s", kind), [key])
+    row = await cur.fetchone()
+    return None if row is None else row[0]

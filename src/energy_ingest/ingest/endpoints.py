@@ -228,6 +228,7 @@ async def _delete(
             kind=kind,
             reason=reason,
             by=principal_of(request.scope).name,
+            max_interval_kw=services.settings.max_interval_kw,
         )
     return DeletionAnswer(
         done.deletion_id, done.kind, done.device_id, done.start, done.end, done.deleted, done.deleted_kwh

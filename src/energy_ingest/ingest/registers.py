@@ -47,23 +47,38 @@ async def settle(
         else:
             found, stored = await repo.register_stretch(conn, kind, key, new[0][0], new[-1][0])
             basis = Point(*found) if found else None
-        derived, events = derive([Point(ts, register) for ts, register, *_ in stored], basis, max_kw)
-        changed = []
-        moves = []
-        for (ts, _, energy, excluded, flags), d in zip(stored, derived, strict=True):
-            if (energy, excluded or 0.0, flags or 0) != (d.energy, d.excluded, d.flags):
-                changed.append((ts, d.energy, d.excluded, d.flags))
-                moves.append((ts, energy, d.energy, excluded or 0.0, d.excluded))
-        await repo.set_derived(conn, kind, key, changed)
-        await repo.add_to_hours(conn, kind, key, moves)
-        last = stored[-1][0]
-        if newest is None or last >= newest[0]:
-            await repo.set_live_energy(conn, kind, key, last, derived[-1].energy)
-        await repo.replace_events(
-            conn,
-            kind,
-            key,
-            basis.ts if basis else None,
-            last,
-            [(e.ts, e.event, e.register, e.previous) for e in events],
-        )
+        await _apply(conn, kind, key, basis, stored, max_kw)
+
+
+async def resettle(conn: Conn, kind: Kind, key: int, lo: datetime, hi: datetime, max_kw: float) -> None:
+    """Re-derive the readings around [lo, hi] after readings there were deleted (repairs)."""
+    found, stored = await repo.register_stretch(conn, kind, key, lo, hi)
+    basis = Point(*found) if found else None
+    if not stored:
+        await repo.replace_events(conn, kind, key, basis.ts if basis else None, hi, [])
+        return
+    await _apply(conn, kind, key, basis, stored, max_kw)
+
+
+async def _apply(
+    conn: Conn,
+    kind: Kind,
+    key: int,
+    basis: Point | None,
+    stored: Sequence[tuple[datetime, float, float, float | None, int | None]],
+    max_kw: float,
+) -> None:
+    """Store what the rules say of `stored` (time-sorted, measured on from `basis`) where it differs."""
+    derived, events = derive([Point(ts, register) for ts, register, *_ in stored], basis, max_kw)
+    changed = []
+    moves = []
+    for (ts, _, energy, excluded, flags), d in zip(stored, derived, strict=True):
+        if (energy, excluded or 0.0, flags or 0) != (d.energy, d.excluded, d.flags):
+            changed.append((ts, d.energy, d.excluded, d.flags))
+            moves.append((ts, energy, d.energy, excluded or 0.0, d.excluded))
+    await repo.set_derived(conn, kind, key, changed)
+    await repo.add_to_hours(conn, kind, key, moves)
+    last = stored[-1][0]
+    await repo.set_live_energy(conn, kind, key, last, derived[-1].energy)  # a no-op unless it is the newest
+    recorded = [(e.ts, e.event, e.register, e.previous) for e in events]
+    await repo.replace_events(conn, kind, key, basis.ts if basis else None, last, recorded)

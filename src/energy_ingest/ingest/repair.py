@@ -16,6 +16,7 @@ from energy_ingest.db.pool import Conn
 from energy_ingest.devices import repository as devices
 from energy_ingest.devices.repository import DeviceKind
 from energy_ingest.errors import Conflict, InvalidInput, NotFound
+from energy_ingest.ingest import registers
 from energy_ingest.ingest import repository as repo
 from energy_ingest.kinds import BY_NAME
 from energy_ingest.rollups.rebuild import recompute_hours
@@ -51,6 +52,7 @@ async def delete_readings(
     kind: DeviceKind | None = None,
     reason: str | None = None,
     by: str,
+    max_interval_kw: float = 350.0,
 ) -> Deletion:
     """Delete `device_id`'s readings in [start, end) and log it; `conn` must be in autocommit mode."""
     if start >= end:
@@ -64,7 +66,11 @@ async def delete_readings(
     ((device_kind, key),) = found.items()
     async with conn.transaction():
         kind_of = BY_NAME[device_kind]
+        await repo.lock_devices(conn, kind_of, [key])  # as a flush of register readings would
         times, kwh = await repo.delete_cold(conn, kind_of, key, start, end)
+        if times and await devices.form_of(conn, device_kind, key) == "register":
+            # A register device's readings after the gap now rise from the last one before it.
+            await registers.resettle(conn, kind_of, key, min(times), max(times), max_interval_kw)
         if times:
             hours = sorted({t.replace(minute=0, second=0, microsecond=0) for t in times})
             await recompute_hours(conn, kind_of, key, hours)
