@@ -82,12 +82,13 @@ def test_document_lists_what_each_route_really_answers(client: TestClient[Any]) 
     def statuses(method: str, path: str) -> set[str]:
         return set(paths[path][method]["responses"])
 
-    assert statuses("post", "/v1/ingest") == {"201", "400", "413", "415", "429", "503"}
-    assert statuses("put", "/v1/vehicles/{vehicleId}/meter") == {"200", "201", "400", "409", "413", "429", "503"}
-    assert statuses("get", "/v1/vehicles/{vehicleId}/meter") == {"200", "400", "404", "503"}
-    assert statuses("delete", "/v1/vehicles/{vehicleId}/meter") == {"200", "400", "404", "503"}
-    assert statuses("get", "/v1/analytics/performance/{vehicleId}") == {"200", "400", "404", "503"}
-    assert statuses("get", "/v1/analytics/fleet") == {"200", "400", "503"}
+    assert statuses("post", "/v1/ingest") == {"201", "400", "401", "403", "413", "415", "429", "503"}
+    link = {"200", "201", "400", "401", "403", "409", "413", "429", "503"}
+    assert statuses("put", "/v1/vehicles/{vehicleId}/meter") == link
+    assert statuses("get", "/v1/vehicles/{vehicleId}/meter") == {"200", "400", "401", "403", "404", "503"}
+    assert statuses("delete", "/v1/vehicles/{vehicleId}/meter") == {"200", "400", "401", "403", "404", "503"}
+    assert statuses("get", "/v1/analytics/performance/{vehicleId}") == {"200", "400", "401", "403", "404", "503"}
+    assert statuses("get", "/v1/analytics/fleet") == {"200", "400", "401", "403", "503"}
     assert statuses("get", "/ready") == {"200", "503"}
     assert statuses("get", "/health") == {"200", "503"}  # 503: the embedded server could not be restarted
     assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
@@ -97,8 +98,13 @@ def test_document_lists_what_each_route_really_answers(client: TestClient[Any]) 
     assert stream["type"] == "array" and stream["maxItems"] == 10_000  # a stream of readings, not one
     kinds = stream["items"]["anyOf"]
     assert [sorted(k["required"]) for k in kinds] == [
-        ["kwhConsumedAc", "meterId", "timestamp", "voltage"],
-        ["batteryTemp", "kwhDeliveredDc", "soc", "timestamp", "vehicleId"],
+        ["meterId", "timestamp", "voltage"],
+        ["batteryTemp", "soc", "timestamp", "vehicleId"],
+    ]
+    # ...and exactly one of each kind's energy pair: the interval's energy or the cumulative register.
+    assert [k["oneOf"] for k in kinds] == [
+        [{"required": ["kwhConsumedAc"]}, {"required": ["kwhConsumedAcTotal"]}],
+        [{"required": ["kwhDeliveredDc"]}, {"required": ["kwhDeliveredDcTotal"]}],
     ]
 
 

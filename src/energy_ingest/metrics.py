@@ -34,7 +34,10 @@ FLUSH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 QUEUE = Gauge("energy_ingest_queue_readings", "Readings accepted and not yet committed", multiprocess_mode="livesum")
-REJECTED = Counter("energy_ingest_rejected_requests", "Ingest requests answered 429 because the queue was full")
+REJECTED = Counter(
+    "energy_ingest_rejected_requests",
+    "Requests answered 429: the writer's queue was full, a key's rate limit was spent, or the body budget",
+)
 DB_ERRORS = Counter("energy_ingest_database_errors", "Requests or flushes that failed on the database")
 AUTH_FAILURES = Counter(
     "energy_ingest_auth_failures", "Requests refused 401: no key, an unknown or revoked key, a malformed header"
@@ -42,6 +45,15 @@ AUTH_FAILURES = Counter(
 CONFLICTS = Counter(
     "energy_ingest_write_conflicts", "Flush attempts that lost a lock race (deadlock, serialization) and ran again"
 )
+MQTT_MESSAGES = Counter(
+    "energy_ingest_mqtt_messages",
+    "MQTT messages taken, by outcome: stored, rejected (answered on the errors topic), ignored (no reading), failed",
+    ["outcome"],
+)
+MQTT_CONNECTED = Gauge(
+    "energy_ingest_mqtt_connected", "Workers connected and subscribed to the MQTT broker", multiprocess_mode="livesum"
+)
+MQTT_DISCONNECTS = Counter("energy_ingest_mqtt_disconnects", "MQTT connections lost or refused (then retried)")
 
 
 def registry() -> CollectorRegistry:

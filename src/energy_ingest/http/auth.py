@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar import Litestar
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Schema
+from litestar.routes import ASGIRoute, HTTPRoute
 
 from energy_ingest.errors import Unauthenticated
 from energy_ingest.http.context import Services
+from energy_ingest.http.openapi import problem_objects
 from energy_ingest.keys.service import NO_AUTH, Principal
 from energy_ingest.metrics import AUTH_FAILURES
 
@@ -50,3 +54,42 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any], handler: 
 def principal_of(scope: Any) -> Principal:
     principal: Principal = scope["state"]["principal"]
     return principal
+
+
+_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+
+
+def document_auth(app: Litestar) -> None:
+    """Make the OpenAPI document say what the guard does: public operations need no key; every other
+    one answers 401 without a valid key and 403 without its scope (unless it already describes them)."""
+    scopes: dict[tuple[str, str], str] = {}
+    for route in app.routes:
+        if isinstance(route, ASGIRoute):
+            scopes[(route.path_format, "post")] = str(route.route_handler.opt.get("scope", "admin"))
+        elif isinstance(route, HTTPRoute):
+            for handler in route.route_handlers:
+                for verb in handler.http_methods:
+                    scopes[(route.path_format, verb.lower())] = str(handler.opt.get("scope", "admin"))
+    for path, item in (app.openapi_schema.paths or {}).items():
+        for method in _METHODS:
+            op = getattr(item, method, None)
+            if op is None:
+                continue
+            if is_public(path):
+                op.security = []
+                continue
+            scope = scopes.get((path, method), "admin")
+            answers = problem_objects(
+                {401: "No key, or a key that is unknown or revoked", 403: f"The key lacks the `{scope}` scope"}
+            )
+            if isinstance(unauthorized := answers["401"], OpenAPIResponse):
+                unauthorized.headers = {"WWW-Authenticate": _WWW_AUTHENTICATE}
+            responses = dict(op.responses or {})
+            for status, answer in answers.items():
+                responses.setdefault(status, answer)
+            op.responses = dict(sorted(responses.items()))
+
+
+_WWW_AUTHENTICATE = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.STRING), description='`Bearer realm="energy-ingest"`', required=True
+)

@@ -63,6 +63,9 @@ class _Reservation:
         self.size = 0
 
 
+_PROBES = frozenset({"/health", "/ready"})
+
+
 def _host_name(host: bytes) -> str:
     text = host.decode("latin-1").strip().lower()
     if text.startswith("["):  # [::1]:8000
@@ -126,7 +129,8 @@ class FrontDoor:
             elif name == b"host":
                 host = value
         method: str = scope["method"]
-        if _host_name(host) not in settings.hosts:
+        # Probes need no Host check: they answer nothing a rebound browser could use.
+        if _host_name(host) not in settings.hosts and scope["path"] not in _PROBES:
             await _send(send, method, *_problem(_bad_host(host)))
             return
         if declared is not None and declared > settings.body_limit_bytes:

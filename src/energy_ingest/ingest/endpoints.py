@@ -25,7 +25,7 @@ from energy_ingest.http.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOpe
 from energy_ingest.http.params import MeterIdPath, VehicleIdPath, parse_instant
 from energy_ingest.http.problems import PROBLEM_JSON, ProblemDetails, to_problem
 from energy_ingest.ingest import repair
-from energy_ingest.kinds import KindName
+from energy_ingest.kinds import METER, VEHICLE, KindName
 from energy_ingest.readings.decode import decode_body
 from energy_ingest.readings.model import MeterReading, VehicleReading
 
@@ -54,9 +54,12 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
 def _reading_schema() -> dict[str, Any]:
     # One schema per kind: msgspec cannot express an untagged union of two Structs, and `type` is optional.
     kinds = []
-    for tp in (MeterReading, VehicleReading):
+    for tp, kind in ((MeterReading, METER), (VehicleReading, VEHICLE)):
         raw = msgspec.json.schema(tp)
-        kinds.append(_inline(raw, raw.get("$defs", {})))
+        schema = _inline(raw, raw.get("$defs", {}))
+        # Exactly one of the energy pair: the interval's energy or the cumulative register.
+        schema["oneOf"] = [{"required": [kind.energy.api]}, {"required": [kind.register.api]}]
+        kinds.append(schema)
     return {"anyOf": kinds}
 
 
