@@ -223,3 +223,20 @@ def test_deleting_register_readings_resettles_what_follows(client: TestClient[An
     series = client.get(f"/v1/analytics/meters/DEL-R?{window}").json()["series"]
     assert [p["totalKwh"] for p in series][:4] == [0, 0, 5, 1]
     _rollups_equal_raw(db)
+
+
+def test_reports_say_what_they_left_out(client: TestClient[Any], db: Conn) -> None:
+    client.put("/v1/vehicles/JUMP-V/meter", json={"meterId": "JUMP-M", "from": iso(T0 - timedelta(days=1))})
+    meters = [register_meter("JUMP-M", T0 + timedelta(hours=h), total) for h, total in enumerate([10, 20, 900, 910])]
+    vehicles = [register_vehicle("JUMP-V", T0 + timedelta(hours=h), total) for h, total in enumerate([5, 13, 21])]
+    assert client.post("/v1/ingest", json=meters + vehicles).status_code == 201
+    performance = client.get(f"/v1/analytics/performance/JUMP-V?{_window()}").json()
+    assert (performance["totalAc"], performance["excludedAc"], performance["totalDc"]) == (20, 880, 16)
+    assert "excludedDc" not in performance  # nothing left out: not shown
+    fleet = client.get(f"/v1/analytics/fleet?{_window()}").json()
+    (row,) = [v for v in fleet["vehicles"] if v["vehicleId"] == "JUMP-V"]
+    assert (row["totalAc"], row["excludedAc"]) == (20, 880)
+    # Whole hours come from rollups, edges from raw rows: the same figure either way.
+    edges = f"from={iso(T0 + timedelta(minutes=30))}&to={iso(T0 + timedelta(hours=3, minutes=30))}"
+    meter_report = client.get(f"/v1/analytics/meters/JUMP-M?{edges}").json()
+    assert (meter_report["totalKwh"], meter_report["excludedKwh"]) == (20, 880)

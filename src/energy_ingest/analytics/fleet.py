@@ -13,7 +13,7 @@ import msgspec
 
 from energy_ingest.analytics import repository
 from energy_ingest.analytics.repository import NO_EFFICIENCY, FleetCursor, FleetRow
-from energy_ingest.analytics.service import ReadingCounts, Resolution, Window, mean, round_kwh
+from energy_ingest.analytics.service import ReadingCounts, Resolution, Window, mean, round_kwh, shown
 from energy_ingest.analytics.windows import HOUR, floor_hour, merge
 from energy_ingest.db.pool import Conn, Pool
 from energy_ingest.errors import InvalidInput
@@ -33,6 +33,8 @@ class FleetVehicle(msgspec.Struct, rename="camel"):
     avg_battery_temp: float | None
     status: Status
     readings: ReadingCounts
+    excluded_ac: float | msgspec.UnsetType = msgspec.UNSET  # implausible register rises left out (when any)
+    excluded_dc: float | msgspec.UnsetType = msgspec.UNSET
 
 
 class FleetReport(msgspec.Struct, rename="camel"):
@@ -128,4 +130,6 @@ def _vehicle(row: FleetRow, below: float) -> FleetVehicle:
         avg_battery_temp=mean(row.temp_sum or Decimal(0), row.dc_readings),
         status=status,
         readings=ReadingCounts(meter=row.ac_readings, vehicle=row.dc_readings),
+        excluded_ac=shown(row.ac_excluded),
+        excluded_dc=shown(row.dc_excluded),
     )

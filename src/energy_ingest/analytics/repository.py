@@ -247,27 +247,29 @@ def fleet_statement(
     ac_parts = []
     if window.hours:
         dc_parts.append(
-            "SELECT vehicle_key, readings AS n, kwh, temp_sum AS temp FROM vehicle_hourly"
+            "SELECT vehicle_key, readings AS n, kwh, temp_sum AS temp, excluded_kwh FROM vehicle_hourly"
             f" WHERE {_ranges('hour', window.hours, params)}"
         )
         ac_parts.append(
-            "SELECT s.vehicle_id, h.readings AS n, h.kwh FROM segments s JOIN meter_hourly h"
+            "SELECT s.vehicle_id, h.readings AS n, h.kwh, h.excluded_kwh FROM segments s JOIN meter_hourly h"
             " ON h.meter_key = s.meter_key AND h.hour >= s.hlo AND h.hour < s.hhi"
             f" WHERE {_ranges('h.hour', window.hours, params)}"
         )
     if window.raw:
         dc_parts.append(
-            "SELECT vehicle_key, 1, kwh_delivered_dc::numeric, battery_temp::numeric FROM vehicle_readings"
+            "SELECT vehicle_key, 1, kwh_delivered_dc::numeric, battery_temp::numeric,"
+            " coalesce(excluded_kwh, 0)::numeric FROM vehicle_readings"
             f" WHERE {_ranges('ts', window.raw, params)}"
         )
     if ac_raw:
         ac_parts.append(
-            "SELECT s.vehicle_id, 1, r.kwh_consumed_ac::numeric FROM segments s JOIN meter_readings r"
+            "SELECT s.vehicle_id, 1, r.kwh_consumed_ac::numeric, coalesce(r.excluded_kwh, 0)::numeric"
+            " FROM segments s JOIN meter_readings r"
             " ON r.meter_key = s.meter_key AND r.ts >= s.lo AND r.ts < s.hi AND (r.ts < s.hlo OR r.ts >= s.hhi)"
             f" WHERE {_ranges('r.ts', ac_raw, params)}"
         )
-    empty_dc = "SELECT NULL::int, 0, 0::numeric, 0::numeric WHERE false"
-    empty_ac = "SELECT NULL::text, 0, 0::numeric WHERE false"
+    empty_dc = "SELECT NULL::int, 0, 0::numeric, 0::numeric, 0::numeric WHERE false"
+    empty_ac = "SELECT NULL::text, 0, 0::numeric, 0::numeric WHERE false"
     cursor = "true"
     if after is not None:
         cursor = (
@@ -287,12 +289,12 @@ WITH segments AS (
     WHERE l.valid_from < %(hi)s AND (l.valid_to IS NULL OR l.valid_to > %(lo)s)
 ),
 dc AS (
-    SELECT vehicle_key, sum(n)::bigint AS n, sum(kwh) AS kwh, sum(temp) AS temp
-    FROM ({" UNION ALL ".join(dc_parts) or empty_dc}) x(vehicle_key, n, kwh, temp) GROUP BY vehicle_key
+    SELECT vehicle_key, sum(n)::bigint AS n, sum(kwh) AS kwh, sum(temp) AS temp, sum(excluded) AS excluded
+    FROM ({" UNION ALL ".join(dc_parts) or empty_dc}) x(vehicle_key, n, kwh, temp, excluded) GROUP BY vehicle_key
 ),
 ac AS (
-    SELECT vehicle_id, sum(n)::bigint AS n, sum(kwh) AS kwh
-    FROM ({" UNION ALL ".join(ac_parts) or empty_ac}) y(vehicle_id, n, kwh) GROUP BY vehicle_id
+    SELECT vehicle_id, sum(n)::bigint AS n, sum(kwh) AS kwh, sum(excluded) AS excluded
+    FROM ({" UNION ALL ".join(ac_parts) or empty_ac}) y(vehicle_id, n, kwh, excluded) GROUP BY vehicle_id
 ),
 linked AS (  -- meters in the order the vehicle was linked to them, as in its performance report
     SELECT vehicle_id, array_agg(meter_id ORDER BY first_linked) AS meter_ids
@@ -303,8 +305,9 @@ fleet AS (
     -- Vehicles with readings in the window, or linked during it even if they never reported.
     SELECT coalesce(d.vehicle_id, linked.vehicle_id) AS vehicle_id, coalesce(linked.meter_ids, '{{}}') AS meter_ids,
            coalesce(d.n, 0) AS dc_n, coalesce(d.kwh, 0) AS dc_kwh, d.temp,
-           coalesce(ac.n, 0) AS ac_n, coalesce(ac.kwh, 0) AS ac_kwh
-    FROM (SELECT v.vehicle_id, dc.n, dc.kwh, dc.temp FROM dc JOIN vehicles v USING (vehicle_key)) d
+           coalesce(ac.n, 0) AS ac_n, coalesce(ac.kwh, 0) AS ac_kwh,
+           coalesce(d.excluded, 0) AS dc_excluded, coalesce(ac.excluded, 0) AS ac_excluded
+    FROM (SELECT v.vehicle_id, dc.n, dc.kwh, dc.temp, dc.excluded FROM dc JOIN vehicles v USING (vehicle_key)) d
     FULL JOIN linked ON linked.vehicle_id = d.vehicle_id
     LEFT JOIN ac ON ac.vehicle_id = coalesce(d.vehicle_id, linked.vehicle_id)
 ),
@@ -320,7 +323,7 @@ sorted AS (
 )
 -- One row at least, so the total comes back even for a page past the last vehicle.
 SELECT page.vehicle_id, page.meter_ids, page.dc_n, page.dc_kwh, page.temp, page.ac_n, page.ac_kwh,
-       page.efficiency, page.insufficient, page.sort_efficiency, counted.total
+       page.efficiency, page.insufficient, page.sort_efficiency, counted.total, page.dc_excluded, page.ac_excluded
 FROM (SELECT count(*) AS total FROM sorted) counted
 LEFT JOIN LATERAL (
     SELECT * FROM sorted WHERE {cursor} ORDER BY insufficient, sort_efficiency, vehicle_id LIMIT %(limit)s
@@ -342,6 +345,8 @@ class FleetRow:
     efficiency: Decimal | None
     insufficient: bool
     sort_efficiency: Decimal
+    dc_excluded: Decimal = Decimal(0)
+    ac_excluded: Decimal = Decimal(0)
 
 
 async def fleet_rows(conn: Conn, statement: Statement) -> tuple[int, list[FleetRow]]:
@@ -350,7 +355,7 @@ async def fleet_rows(conn: Conn, statement: Statement) -> tuple[int, list[FleetR
     rows = await cur.fetchall()
     total = int(rows[0][10]) if rows else 0
     page = [
-        FleetRow(r[0], list(r[1]), int(r[2]), r[3], r[4], int(r[5]), r[6], r[7], bool(r[8]), r[9])
+        FleetRow(r[0], list(r[1]), int(r[2]), r[3], r[4], int(r[5]), r[6], r[7], bool(r[8]), r[9], r[11], r[12])
         for r in rows
         if r[0] is not None
     ]

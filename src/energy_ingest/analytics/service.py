@@ -47,8 +47,8 @@ class PerformanceReport(msgspec.Struct, rename="camel", omit_defaults=True):
     readings: ReadingCounts
     resolution: Resolution  # "hour" when part of the window is past raw retention
     series: list[PerformancePoint] | None = None
-    excluded_ac: float = 0.0  # implausible register rises left out of the totals (shown when any)
-    excluded_dc: float = 0.0
+    excluded_ac: float | msgspec.UnsetType = msgspec.UNSET  # implausible register rises left out (when any)
+    excluded_dc: float | msgspec.UnsetType = msgspec.UNSET
 
 
 class VoltageStats(msgspec.Struct):
@@ -73,7 +73,7 @@ class MeterReport(msgspec.Struct, rename="camel", omit_defaults=True):
     voltage: VoltageStats
     resolution: Resolution
     series: list[MeterPoint] | None = None
-    excluded_kwh: float = 0.0  # implausible register rises left out of the totals (shown when any)
+    excluded_kwh: float | msgspec.UnsetType = msgspec.UNSET  # implausible register rises left out (when any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +139,11 @@ def round_kwh(value: Decimal) -> float:
     return _round(value, 6)
 
 
+def shown(excluded: Decimal) -> float | msgspec.UnsetType:
+    """Energy left out, in an answer only when there is any (answers of interval fleets do not change)."""
+    return round_kwh(excluded) if excluded else msgspec.UNSET
+
+
 def mean(total: Decimal, n: int) -> float | None:
     return None if n == 0 else _round(total / n, 3)
 
@@ -201,8 +206,8 @@ async def performance(pool: Pool, vehicle_id: str, window: Window, threshold: fl
         readings=ReadingCounts(meter=ac_total.readings, vehicle=dc_total.readings),
         resolution="hour" if plan.widened else "reading",
         series=series,
-        excluded_ac=round_kwh(ac_total.excluded),
-        excluded_dc=round_kwh(dc_total.excluded),
+        excluded_ac=shown(ac_total.excluded),
+        excluded_dc=shown(dc_total.excluded),
     )
 
 
@@ -248,5 +253,5 @@ async def meter_report(pool: Pool, meter_id: str, window: Window) -> MeterReport
         voltage=_voltage(total),
         resolution="hour" if whole.widened else "reading",
         series=points,
-        excluded_kwh=round_kwh(total.excluded),
+        excluded_kwh=shown(total.excluded),
     )
