@@ -26,6 +26,7 @@ import pytest
 
 from energy_ingest.config import Settings
 from energy_ingest_bench.scratch import create_database, drop_database
+from tests.server import admin_key
 from tests.support import hour_ago, meter
 
 HEADER_TIMEOUT_S = 2
@@ -48,10 +49,15 @@ def _free_port() -> int:
 class Server:
     port: int
     proc: subprocess.Popen[str]
+    key: str = ""  # the admin key of its first start
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
     def rss(self) -> int:
         """Resident memory of the serving processes (with one worker, uvicorn serves in the main process)."""
@@ -63,12 +69,15 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server_url = os.environ.get("TEST_DATABASE_URL") or request.getfixturevalue("database_url")
     url, name = create_database(server_url, "energy_ingest_resources")
     settings_names = {f.name.upper() for f in fields(Settings)}
+    data_dir = tmp_path_factory.mktemp("resources-data")  # where the first start keeps its admin key
+    output = data_dir / "serve.log"  # a file, not a pipe: nothing reads it while serve runs
     env = {k: v for k, v in os.environ.items() if k not in settings_names} | {
         "DATABASE_URL": url,
+        "DATA_DIR": str(data_dir),
         "HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         "KEEP_ALIVE_TIMEOUT_S": str(KEEP_ALIVE_TIMEOUT_S),
@@ -79,19 +88,21 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     }
     port = _free_port()
     command = [sys.executable, "-m", "energy_ingest.cli", "serve", "--workers", "1", "--port", str(port)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with output.open("w") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     running = Server(port, proc)
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
+            assert proc.poll() is None, output.read_text()
             try:
                 if httpx.get(running.base + "/ready", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "server did not become ready"
+            assert time.monotonic() < deadline, "server did not become ready:\n" + output.read_text()
             time.sleep(0.2)
+        running.key = admin_key(data_dir, output.read_text())
         yield running
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -175,10 +186,12 @@ def _trickle(sock: socket.socket, data: bytes, every_s: float, within_s: float) 
     return False
 
 
-def _ingest_head(length: int) -> bytes:
+def _ingest_head(server: Server | None, length: int) -> bytes:
+    """A request head with the admin key (none without a server): the body is read only after the key is checked."""
+    auth = b"Authorization: Bearer %s\r\n" % server.key.encode() if server else b""
     return (
-        b"POST /v1/ingest HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % length
+        b"POST /v1/ingest HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"%sContent-Length: %d\r\n\r\n" % (auth, length)
     )
 
 
@@ -186,7 +199,7 @@ def test_connections_that_send_nothing_are_closed(server: Server) -> None:
     with closing(server.connect()) as fresh:
         assert _hung_up(fresh, KEEP_ALIVE_TIMEOUT_S + 4), "a connection that never sent a byte stayed open"
     with closing(server.connect()) as used:
-        used.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        used.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         answer = _answer(used, 5)
         assert answer is not None and answer.status == 200
         assert _hung_up(used, KEEP_ALIVE_TIMEOUT_S + 4), "an idle keep-alive connection stayed open"
@@ -194,7 +207,7 @@ def test_connections_that_send_nothing_are_closed(server: Server) -> None:
 
 def test_headers_sent_a_byte_at_a_time_are_cut_off(server: Server) -> None:
     with closing(server.connect()) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         # Every byte resets the idle timer; only the header timeout can end this.
         assert _trickle(sock, b"a" * 200, 0.25, HEADER_TIMEOUT_S + 5), "slow headers were waited for"
         answer = _answer(sock, 5)
@@ -206,7 +219,7 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off(server: Server) -> None:
 
 def test_a_body_sent_a_byte_at_a_time_is_answered_408(server: Server) -> None:
     with closing(server.connect()) as sock:
-        sock.sendall(_ingest_head(200))
+        sock.sendall(_ingest_head(server, 200))
         assert _trickle(sock, b" " * 199, 0.25, BODY_TIMEOUT_S + 5), "a slow body was waited for"
         answer = _answer(sock, 5)
         assert answer is not None, "the slow body was cut off without an answer"
@@ -217,7 +230,7 @@ def test_a_body_sent_a_byte_at_a_time_is_answered_408(server: Server) -> None:
 
 def test_content_length_over_the_limit_is_refused_before_the_body(server: Server) -> None:
     with closing(server.connect()) as sock:
-        sock.sendall(_ingest_head(BODY_LIMIT + 1))  # and not a byte of the body
+        sock.sendall(_ingest_head(server, BODY_LIMIT + 1))  # and not a byte of the body
         answer = _answer(sock, 5)
         assert answer is not None
         assert answer.status == 413
@@ -226,9 +239,19 @@ def test_content_length_over_the_limit_is_refused_before_the_body(server: Server
         assert _hung_up(sock, 5)
 
 
+def test_a_body_without_a_key_is_answered_401_before_it_is_sent(server: Server) -> None:
+    with closing(server.connect()) as sock:
+        sock.sendall(_ingest_head(None, BODY_LIMIT))  # and not a byte of the body
+        answer = _answer(sock, 5)
+        assert answer is not None
+        assert answer.status == 401
+        assert answer.headers["www-authenticate"].startswith("Bearer")
+        assert "Authorization: Bearer" in answer.problem()["detail"]
+
+
 def test_oversized_headers_are_refused(server: Server) -> None:
     with closing(server.connect()) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: ")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
         with contextlib.suppress(OSError):  # the server may hang up while this is still being sent
             sock.sendall(b"a" * (256 * 1024))
         answer = _answer(sock, 5)
@@ -238,13 +261,13 @@ def test_oversized_headers_are_refused(server: Server) -> None:
 
 def test_bodies_beyond_the_budget_are_refused_and_memory_stays_bounded(server: Server) -> None:
     t = hour_ago()
-    assert httpx.post(server.base + "/v1/ingest", json=meter("RES-1", t)).status_code == 201
+    assert httpx.post(server.base + "/v1/ingest", json=meter("RES-1", t), headers=server.auth).status_code == 201
     before = server.rss()
     clients, admitted = 40, INFLIGHT_BODY_BYTES // BODY_LIMIT
     with ExitStack() as stack:
         socks = [stack.enter_context(closing(server.connect())) for _ in range(clients)]
         for sock in socks:
-            sock.sendall(_ingest_head(BODY_LIMIT))
+            sock.sendall(_ingest_head(server, BODY_LIMIT))
         # Those the budget cannot cover are answered at once, before sending their body.
         refused: dict[socket.socket, Answer] = {}
         deadline = time.monotonic() + 5
@@ -280,7 +303,7 @@ def test_bodies_beyond_the_budget_are_refused_and_memory_stays_bounded(server: S
         assert peak - before < bound, f"grew {(peak - before) / MiB:.0f} MiB for {offered / MiB:.0f} MiB offered"
 
         # While the budget is full, a body on any route is refused, a request without one is served.
-        put = httpx.put(server.base + "/v1/vehicles/RES-EV-1/meter", json={"meterId": "RES-1"})
+        put = httpx.put(server.base + "/v1/vehicles/RES-EV-1/meter", json={"meterId": "RES-1"}, headers=server.auth)
         assert put.status_code == 429 and put.headers["content-type"] == "application/problem+json"
         assert httpx.get(server.base + "/health").status_code == 200
 
@@ -289,17 +312,20 @@ def test_bodies_beyond_the_budget_are_refused_and_memory_stays_bounded(server: S
             answer = _answer(sock, BODY_TIMEOUT_S + 5)
             assert answer is not None and answer.status == 408
 
-    assert httpx.post(server.base + "/v1/ingest", json=meter("RES-1", hour_ago(0.5))).status_code == 201
+    assert (
+        httpx.post(server.base + "/v1/ingest", json=meter("RES-1", hour_ago(0.5)), headers=server.auth).status_code
+        == 201
+    )
     chunked = httpx.post(
         server.base + "/v1/ingest",
         content=iter([json.dumps(meter("RES-2", t)).encode()]),  # an iterator is sent chunked
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json"} | server.auth,
     )
     assert chunked.status_code == 201, chunked.text
-    put = httpx.put(server.base + "/v1/vehicles/RES-EV-1/meter", json={"meterId": "RES-1"})
+    put = httpx.put(server.base + "/v1/vehicles/RES-EV-1/meter", json={"meterId": "RES-1"}, headers=server.auth)
     assert put.status_code == 201
     # Operators see the refusals.
-    metrics = httpx.get(server.base + "/metrics").text
+    metrics = httpx.get(server.base + "/metrics", headers=server.auth).text
     refusals = [line for line in metrics.splitlines() if line.startswith("energy_ingest_http_requests_total{")]
     assert any('status="429"' in line and float(line.split()[-1]) >= len(refused) for line in refusals), refusals
 

@@ -96,7 +96,7 @@ async def _compact(url: str, now: datetime) -> list[str]:
         return await compact_closed_days(conn, now.date())
 
 
-def run(url: str, base: str, devices: int, days: int, queries: int, concurrency: int) -> dict[str, Any]:
+def run(url: str, base: str, key: str, devices: int, days: int, queries: int, concurrency: int) -> dict[str, Any]:
     now = datetime.now(UTC)
     start = (now - timedelta(days=days)).replace(second=0, microsecond=0) + timedelta(minutes=1)
     minutes = int((now - start).total_seconds() // 60) - 1
@@ -108,6 +108,7 @@ def run(url: str, base: str, devices: int, days: int, queries: int, concurrency:
             batch_size=5000,
             concurrency=concurrency,
             progress=True,
+            key=key,
         )
     )
     load_seconds = time.perf_counter() - began
@@ -118,7 +119,7 @@ def run(url: str, base: str, devices: int, days: int, queries: int, concurrency:
     ids = [f"EV-{rng.randrange(1, devices + 1):05d}" for _ in range(queries)]
     month = f"from={iso(now - timedelta(days=30))}&to={iso(now)}"
     timings: dict[str, Any] = {}
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {key}"}) as client:
         timings["vehicle_24h"] = _time(client, [f"/v1/analytics/performance/{v}" for v in ids])
         timings["vehicle_24h_hourly_series"] = _time(client, [f"/v1/analytics/performance/{v}?bucket=1h" for v in ids])
         timings["vehicle_30d"] = _time(client, [f"/v1/analytics/performance/{v}?{month}" for v in ids])

@@ -95,7 +95,7 @@ def run_analytics(args: argparse.Namespace) -> dict[str, Any]:
     server = Server(db.url, args.workers)
     try:
         result = analytics.run(
-            db.url, f"http://127.0.0.1:{server.port}", args.devices, args.days, args.queries, concurrency=8
+            db.url, f"http://127.0.0.1:{server.port}", server.key, args.devices, args.days, args.queries, concurrency=8
         )
     finally:
         server.stop()

@@ -9,9 +9,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import psutil
@@ -77,12 +79,17 @@ def deadlocks(url: str) -> int:
 
 
 class Server:
-    """`energy-ingest serve` on a free port, started as a user would, with its resident memory sampled."""
+    """`energy-ingest serve` on a free port, started as a user would, with its resident memory sampled.
+
+    It starts on a fresh database, so it makes an admin key (`key`) and keeps it in its DATA_DIR, a
+    temporary directory removed when it stops.
+    """
 
     def __init__(self, url: str, workers: int, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k not in {"PORT", "HOST"}}
-        env |= {"DATABASE_URL": url, "LOG_LEVEL": "warning"} | (extra_env or {})
+        self.data_dir = Path(tempfile.mkdtemp(prefix="energy-ingest-bench-serve-"))
+        env = {k: v for k, v in os.environ.items() if k not in {"PORT", "HOST", "ALLOWED_HOSTS", "AUTH"}}
+        env |= {"DATABASE_URL": url, "DATA_DIR": str(self.data_dir), "LOG_LEVEL": "warning"} | (extra_env or {})
         cmd = [sys.executable, "-m", "energy_ingest.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.peak_rss = 0
@@ -90,7 +97,7 @@ class Server:
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"GET /ready HTTP/1.1\r\nHost: b\r\n\r\n")
+                    s.sendall(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                     if b" 200 " in s.recv(100):
                         break
             except OSError:
@@ -99,6 +106,11 @@ class Server:
                 self.stop()
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
+        try:
+            self.key = (self.data_dir / "admin-key").read_text().strip()
+        except FileNotFoundError:
+            self.stop()
+            raise RuntimeError("the server made no admin key: is the database fresh?") from None
 
     def sample_rss(self) -> int:
         """Resident memory of the server and all its processes (workers) now; keeps the peak."""
@@ -133,3 +145,4 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
         self.proc.wait(timeout=30)
+        shutil.rmtree(self.data_dir, ignore_errors=True)

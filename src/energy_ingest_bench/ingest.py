@@ -240,17 +240,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     db = FreshDatabase.create(args.database_url)
     embedded, url = db.embedded, db.url
     readings = MeterSequence()
-    fleet = MixedFleet(args.fleet)
 
     async def partitions() -> None:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             keeper = PartitionKeeper()
-            first = min(readings.start, fleet.start).date()
+            first = readings.start.date()  # the mixed fleet, made a moment later, starts no earlier
             for table in ("meter_readings", "vehicle_readings"):
                 await keeper.ensure(conn, table, [first + timedelta(days=d) for d in range(4)])
 
     asyncio.run(partitions())
     server = Server(url, args.workers)
+    fleet = MixedFleet(server.key, args.fleet)
     batched = Figure("batched ingest (batches of 1,000, HTTP → committed)", "readings/s", [])
     single = Figure(f"single-reading ingest ({args.connections} connections)", "requests/s", [])
     p50 = Figure("single-reading latency p50", "ms", [])
@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for _ in range(args.runs):
             before = stored_readings(url, ("meter_readings",))
-            bodies = [Request("batch", 1000, http_post(readings.batch(1000))) for _ in range(args.batches)]
+            bodies = [Request("batch", 1000, http_post(readings.batch(1000), server.key)) for _ in range(args.batches)]
             outcome, _ = run_load(server.sampling(closed_loop(server.port, bodies, 8)))
             stored = stored_readings(url, ("meter_readings",)) - before
             total = outcome.total()
@@ -270,7 +270,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batched.runs.append(stored / outcome.elapsed)
 
             singles = [
-                Request("single", 1, http_post(msgspec.json.encode(readings.next()))) for _ in range(args.singles)
+                Request("single", 1, http_post(msgspec.json.encode(readings.next()), server.key))
+                for _ in range(args.singles)
             ]
             outcome, _ = run_load(server.sampling(closed_loop(server.port, singles, args.connections)))
             total = outcome.total()

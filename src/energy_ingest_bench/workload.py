@@ -12,10 +12,11 @@ import msgspec
 Shape = Literal["single", "batch"]
 
 
-def http_post(body: bytes) -> bytes:
+def http_post(body: bytes, key: str) -> bytes:
+    """A whole `POST /v1/ingest` sending the API key `key` (a Host the server answers to by default)."""
     return (
-        b"POST /v1/ingest HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
 
@@ -65,12 +66,14 @@ class MixedFleet:
     devices' live rows and hourly rollups, as a real fleet's clients do.
 
     Each reading goes to a device drawn at random; a device's readings are one minute apart from two days
-    ago on, so none repeats (every 201 stores all it carries) and none lies in the future.
+    ago on, so none repeats (every 201 stores all it carries) and none lies in the future. Requests carry
+    the API key `key`.
     """
 
     MINUTES = 2 * 24 * 60
 
-    def __init__(self, devices: int = 5_000, seed: int = 1) -> None:
+    def __init__(self, key: str, devices: int = 5_000, seed: int = 1) -> None:
+        self.key = key
         self.devices = devices
         self.rng = random.Random(seed)
         self.start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=self.MINUTES)
@@ -102,10 +105,11 @@ class MixedFleet:
         }
 
     def single(self) -> Request:
-        return Request("single", 1, http_post(msgspec.json.encode(self.reading())))
+        return Request("single", 1, http_post(msgspec.json.encode(self.reading()), self.key))
 
     def batch(self, size: int) -> Request:
-        return Request("batch", size, http_post(msgspec.json.encode([self.reading() for _ in range(size)])))
+        body = msgspec.json.encode([self.reading() for _ in range(size)])
+        return Request("batch", size, http_post(body, self.key))
 
     def requests(self, count: int, single_share: float) -> list[Request]:
         """`count` requests, each a single reading with probability `single_share`, else a batch of

@@ -73,7 +73,8 @@ def _status(url: str) -> int:
 
 
 class _Served:
-    """`energy-ingest serve` in its own process group, its output in a file."""
+    """`energy-ingest serve` in its own process group, its output in a file; `auth` holds the admin key that
+    the first start on this DATA_DIR made."""
 
     def __init__(self, data_dir: Path, port: int) -> None:
         self.base = f"http://127.0.0.1:{port}"
@@ -88,6 +89,7 @@ class _Served:
             assert self.proc.poll() is None, self.output()
             assert time.monotonic() < deadline, "serve did not become ready:\n" + self.output()
             time.sleep(0.2)
+        self.auth = {"Authorization": f"Bearer {(data_dir / 'admin-key').read_text().strip()}"}
 
     def output(self) -> str:
         self._out.seek(0)
@@ -155,8 +157,9 @@ def _stored_meter_readings(data_dir: Path) -> set[tuple[str, datetime]]:
 class _Load:
     """Light ingest load: one request of 5 meter readings every ~20 ms; remembers what was acknowledged."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, auth: dict[str, str]) -> None:
         self.base = base
+        self.auth = auth
         self.start = hour_ago()
         self.acknowledged: list[tuple[str, datetime]] = []
         self.statuses: dict[int, int] = {}
@@ -166,7 +169,7 @@ class _Load:
 
     def _run(self) -> None:
         n = 0
-        with httpx.Client(base_url=self.base, timeout=15) as client:
+        with httpx.Client(base_url=self.base, timeout=15, headers=self.auth) as client:
             while not self._stop.is_set():
                 ts = self.start + timedelta(seconds=n)
                 n += 1
@@ -187,7 +190,7 @@ class _Load:
 
 def test_serve_restarts_a_killed_postgres_under_load_and_loses_nothing_acknowledged(embedded_data_dir: Path) -> None:
     with _serving(embedded_data_dir) as served:
-        load = _Load(served.base)
+        load = _Load(served.base, served.auth)
         try:
             _wait(lambda: len(load.acknowledged) >= 50, "no ingest before the crash")
             old_pid = _postmaster_pid(embedded_data_dir)
@@ -214,7 +217,10 @@ def test_serve_killed_then_started_again_adopts_postgres_and_a_clean_stop_leaves
     port = _free_port()
     first = _Served(embedded_data_dir, port)
     try:
-        assert httpx.post(first.base + "/v1/ingest", json=meter("MTR-ADOPT", t, kwh=2.5)).status_code == 201
+        assert (
+            httpx.post(first.base + "/v1/ingest", json=meter("MTR-ADOPT", t, kwh=2.5), headers=first.auth).status_code
+            == 201
+        )
         postmaster = _postmaster_pid(embedded_data_dir)
         first.kill()
     finally:
@@ -223,8 +229,12 @@ def test_serve_killed_then_started_again_adopts_postgres_and_a_clean_stop_leaves
 
     with _serving(embedded_data_dir, port) as second:
         assert "adopted the running embedded PostgreSQL" in second.output()
-        assert httpx.get(second.base + "/v1/meters/MTR-ADOPT/live").json()["kwhConsumedAc"] == 2.5
-        again = httpx.post(second.base + "/v1/ingest", json=meter("MTR-ADOPT", t + timedelta(minutes=1)))
+        assert "first start" not in second.output()  # the key of the first start still holds
+        live = httpx.get(second.base + "/v1/meters/MTR-ADOPT/live", headers=second.auth)
+        assert live.json()["kwhConsumedAc"] == 2.5
+        again = httpx.post(
+            second.base + "/v1/ingest", json=meter("MTR-ADOPT", t + timedelta(minutes=1)), headers=second.auth
+        )
         assert again.json() == {"status": "ok", "accepted": 1, "duplicates": 0}
 
         # Other commands on the same DATA_DIR use the running server and leave it alone.
@@ -256,7 +266,8 @@ def test_health_is_503_while_postgres_cannot_come_back_and_heals_when_it_can(emb
         conf.write_text(original)
         _wait(lambda: _status(served.base + "/ready") == 200, "/ready did not come back:\n" + served.output())
         _wait(lambda: _status(served.base + "/health") == 200, "/health did not come back")
-        assert httpx.post(served.base + "/v1/ingest", json=meter("MTR-HEAL", hour_ago())).status_code == 201
+        healed = httpx.post(served.base + "/v1/ingest", json=meter("MTR-HEAL", hour_ago()), headers=served.auth)
+        assert healed.status_code == 201
 
 
 def test_a_data_dir_too_long_for_the_socket_is_refused(tmp_path: Path) -> None:
@@ -293,7 +304,8 @@ def test_as_root_postgres_runs_as_the_embedded_user_and_nothing_outside_data_dir
     accounts = Path("/etc/passwd").read_text(), Path("/etc/group").read_text()
 
     with _serving(embedded_data_dir) as served:
-        assert httpx.post(served.base + "/v1/ingest", json=meter("MTR-ROOT", hour_ago())).status_code == 201
+        stored = httpx.post(served.base + "/v1/ingest", json=meter("MTR-ROOT", hour_ago()), headers=served.auth)
+        assert stored.status_code == 201
         assert psutil.Process(_postmaster_pid(embedded_data_dir)).username() == nobody.pw_name
         pgdata = embedded_data_dir / "pgdata"
         owners = {p.stat().st_uid for p in [pgdata, *pgdata.rglob("*")]}

@@ -51,7 +51,8 @@ def _executable() -> str:
 
 
 class Serve:
-    """`energy-ingest serve --workers 2` on a fixed port, restartable; output goes to `log_path`."""
+    """`energy-ingest serve --workers 2` on a fixed port, restartable; output goes to `log_path`. Its DATA_DIR
+    is `work_dir/data`, where the first start leaves the admin key (`key`) that later starts keep."""
 
     def __init__(
         self, database_url: str, work_dir: Path, *, workers: int = 2, env: dict[str, str] | None = None
@@ -64,6 +65,7 @@ class Serve:
         self.log_path = work_dir / "serve.log"
         self._tmp = work_dir / "tmp"  # serve's metrics directory lands here, even after kill -9
         self._tmp.mkdir(parents=True, exist_ok=True)
+        self.data_dir = work_dir / "data"
         self._extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -72,7 +74,8 @@ class Serve:
         # Settings come from the environment: start from none of the caller's.
         names = {f.name.upper() for f in fields(Settings)} | {"PROMETHEUS_MULTIPROC_DIR"}
         env = {k: v for k, v in os.environ.items() if k not in names}
-        return env | {"DATABASE_URL": self.database_url, "TMPDIR": str(self._tmp)} | self._extra_env
+        env |= {"DATABASE_URL": self.database_url, "DATA_DIR": str(self.data_dir), "TMPDIR": str(self._tmp)}
+        return env | self._extra_env
 
     def start(self, timeout: float = 90.0) -> None:
         """Start and wait until /ready answers 200."""
@@ -95,6 +98,14 @@ class Serve:
             if time.monotonic() > deadline:
                 raise ServeError(f"serve was not ready after {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.1)
+
+    @property
+    def key(self) -> str:
+        """The admin key of the first start."""
+        try:
+            return (self.data_dir / "admin-key").read_text().strip()
+        except FileNotFoundError:
+            raise ServeError(f"no admin key in {self.data_dir}: has serve started?\n{self.log_tail()}") from None
 
     @property
     def pid(self) -> int:

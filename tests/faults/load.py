@@ -139,12 +139,15 @@ class LoadGenerator:
         self._stop = threading.Event()
         self._deadline = float("inf")
         self._thread: threading.Thread | None = None
+        self._key = ""
         self._error: BaseException | None = None
         self.t0 = 0.0
 
     # --- control, from the caller's thread
 
-    def start(self) -> None:
+    def start(self, key: str) -> None:
+        """Start sending, with the API key `key` on every request."""
+        self._key = key
         self.t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="fault-load", daemon=True)
         self._thread.start()
@@ -193,7 +196,8 @@ class LoadGenerator:
     async def _main(self) -> None:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         timeout = httpx.Timeout(30.0, connect=3.0)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits) as client:
+        auth = {"Authorization": f"Bearer {self._key}"}
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout, limits=limits, headers=auth) as client:
             await asyncio.gather(*(self._client(client) for _ in range(self.concurrency)))
 
     async def _client(self, client: httpx.AsyncClient) -> None:

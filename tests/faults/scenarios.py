@@ -97,7 +97,7 @@ def kill_under_load(server_url: str, work_dir: Path, *, kills: int = 3, seed: in
         load = LoadGenerator(serve.base_url, prefix=f"K{seed}", seed=seed)
         try:
             serve.start()
-            load.start()
+            load.start(serve.key)
             for _ in range(kills):
                 _busy(load, rng, report)
                 time.sleep(rng.uniform(0.0, 0.2))  # anywhere inside a flush
@@ -140,7 +140,7 @@ def sigterm_under_load(server_url: str, work_dir: Path, *, seed: int = 2) -> Run
         load = LoadGenerator(serve.base_url, prefix=f"T{seed}", seed=seed)
         try:
             serve.start()
-            load.start()
+            load.start(serve.key)
             for target, whole_group in (("the supervisor", False), ("the process group", True)):
                 _busy(load, rng, report)
                 sent_at = time.monotonic()
@@ -215,7 +215,7 @@ def _outages(
     try:
         serve.start()
         processes = sorted(serve.group())
-        load.start()
+        load.start(serve.key)
         for how in ("fast shutdown", "kill -9 of the postmaster"):
             _busy(load, rng, report)
             down_at = time.monotonic()

@@ -1,7 +1,9 @@
 """Schemathesis against the service's own OpenAPI document, on a real server and a real PostgreSQL.
 
-Every phase runs (examples, coverage, fuzzing, stateful) within a fixed time budget, and every answer is
-checked: no 5xx, the status is documented, and the content type and body are the documented ones.
+Every phase runs (examples, coverage, fuzzing, stateful) within a fixed time budget with the admin key of the
+server's first start, so requests reach the routes, not the key check; every answer is checked: no 5xx, the
+status is documented, the content type and body are the documented ones, and an operation the document says
+needs a key refuses a request without one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from tests.server import serve
@@ -31,29 +32,33 @@ CHECKS = [
     "response_schema_conformance",
     "response_headers_conformance",
     "unsupported_method",  # a method the document does not list answers 405
+    "ignored_auth",  # without the key (or with a wrong one) a protected operation answers 401
 ]
 
 
-def _seed_fleet(base: str) -> None:
+def _seed_fleet(base: str, auth: dict[str, str]) -> None:
     """A few linked devices with an hour of readings, so generated requests also reach data that exists."""
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
     readings: list[dict[str, Any]] = []
     for n in range(1, 4):
         link = httpx.put(
-            f"{base}/v1/vehicles/EV-{n}/meter", json={"meterId": f"MTR-{n}", "from": "2026-01-01T00:00:00Z"}
+            f"{base}/v1/vehicles/EV-{n}/meter",
+            json={"meterId": f"MTR-{n}", "from": "2026-01-01T00:00:00Z"},
+            headers=auth,
         )
         assert link.status_code in (200, 201), link.text
         for minute in range(0, 60, 5):
             ts = start + timedelta(minutes=minute)
             readings += [meter(f"MTR-{n}", ts, kwh=0.5), vehicle(f"EV-{n}", ts, kwh=0.4 + n / 100)]
-    answer = httpx.post(f"{base}/v1/ingest", json=readings)
+    answer = httpx.post(f"{base}/v1/ingest", json=readings, headers=auth)
     assert answer.status_code == 201, answer.text
 
 
-def test_schemathesis_finds_nothing(database_url: str, db: psycopg.Connection[tuple[Any, ...]], tmp_path: Path) -> None:
+def test_schemathesis_finds_nothing(database_url: str, tmp_path: Path) -> None:
     with serve(database_url, tmp_path) as server:
-        _seed_fleet(server.url)
+        _seed_fleet(server.url, server.auth)
         command = [sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json"]
+        command += ["--header", f"Authorization: Bearer {server.key}"]
         command += ["--phases", "examples,coverage,fuzzing,stateful", "--checks", ",".join(CHECKS)]
         command += ["--max-time", str(BUDGET_S), "--seed", SEED, "--workers", "1", "--request-timeout", "30"]
         command += ["--max-failures", "20", "--output-truncate", "false"]
