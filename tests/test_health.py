@@ -98,3 +98,26 @@ def test_unknown_route_and_method_are_problems(client: TestClient[Any]) -> None:
     wrong = client.get("/v1/ingest")
     assert wrong.status_code == 405
     assert wrong.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_key_the_worker_has_not_seen_gets_503_not_401_while_the_database_is_away(
+    proxied: tuple[TestClient[Any], PostgresProxy], database_url: str
+) -> None:
+    """The key may be good: a client told 401 would give up; told 503, it retries."""
+    import asyncio
+
+    from tests.conftest import _create_key
+
+    service, proxy = proxied
+    fresh = asyncio.run(_create_key(database_url, "made elsewhere", ["ingest"]))  # not yet polled by the worker
+    proxy.down()
+    answer = service.post("/v1/ingest", json=meter("M-K", T), headers={"Authorization": f"Bearer {fresh}"})
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"]
+    proxy.up()
+    deadline = time.monotonic() + 20
+    while (
+        answer := service.post("/v1/ingest", json=meter("M-K", T), headers={"Authorization": f"Bearer {fresh}"})
+    ).status_code != 201:
+        assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+        time.sleep(0.3)

@@ -9,6 +9,7 @@ key stops working everywhere within a few seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -25,7 +26,7 @@ from pathlib import Path
 import msgspec
 
 from energy_ingest.db.pool import Conn, Pool
-from energy_ingest.errors import Forbidden, InvalidInput, NotFound, Overloaded, Unauthenticated
+from energy_ingest.errors import Forbidden, InvalidInput, NotFound, Overloaded, Unauthenticated, Unavailable
 from energy_ingest.keys import repository as repo
 from energy_ingest.keys.repository import KeyRow
 
@@ -100,6 +101,14 @@ def _info(row: KeyRow) -> KeyInfo:
     )
 
 
+_FIRST_KEY_LOCK = 0x656B6579  # any constant: the same in every process that makes the first key
+
+
+def _new_token() -> tuple[str, str]:
+    prefix = f"ei_{secrets.token_hex(4)}"
+    return prefix, f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii")).digest()
 
@@ -129,8 +138,7 @@ async def create(
     rate_limit: float | None = None,
 ) -> NewKey:
     wanted = _check_request(name, scopes, device_id, rate_limit)
-    prefix = f"ei_{secrets.token_hex(4)}"
-    token = f"{prefix}_{secrets.token_urlsafe(32)}"
+    prefix, token = _new_token()
     row = await repo.insert(conn, prefix, _digest(token), name, wanted, device_id, rate_limit)
     log.info("key %s (%s) created with scopes %s", prefix, name, ",".join(wanted))
     return NewKey(key=token, info=_info(row))
@@ -149,16 +157,29 @@ async def revoke(conn: Conn, prefix: str) -> KeyInfo:
 
 
 async def ensure_first_admin(conn: Conn, key_file: Path) -> str | None:
-    """With no key at all, create an admin key and write it to `key_file` (owner-only); return it."""
-    if await repo.all_keys(conn):
-        return None
-    new = await create(conn, "admin (first start)", ["admin"])
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also when the file was already there, before the key is in it
-    with os.fdopen(fd, "w") as out:
-        out.write(new.key + "\n")
-    return new.key
+    """With no key at all, create an admin key, kept in `key_file` (owner-only); return it.
+
+    The file is written before the key is stored, so a key nobody can read is never made; a lock
+    keeps two servers starting at once from making two.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_FIRST_KEY_LOCK])
+        if await repo.all_keys(conn):
+            return None
+        prefix, token = _new_token()
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when the file was already there, before the key is in it
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        try:
+            await repo.insert(conn, prefix, _digest(token), "admin (first start)", ["admin"], None, None)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(key_file)
+            raise
+    log.info("key %s (admin (first start)) created with scopes admin", prefix)
+    return token
 
 
 @dataclass(slots=True)
@@ -205,7 +226,9 @@ class KeyCache:
                 async with pool.connection() as conn:
                     row = await repo.by_prefix(conn, prefix)
             except Exception as exc:
+                # The key may be good: say the database is away (503, retry), not that the key is bad.
                 log.warning("key lookup failed: %s", exc)
+                raise Unavailable("Keys cannot be checked: the database is unavailable. Retry later.") from None
             if row is not None:
                 self._rows[prefix] = row
         # Compare against something even for an unknown prefix, so both take the same time.
@@ -242,7 +265,7 @@ class KeyCache:
         if bucket.tokens < readings:
             wait = (readings - bucket.tokens) / rate
             raise Overloaded(
-                f"This key may send {principal.rate_limit:g} readings per second; retry after the given delay.",
+                f"This key may send {principal.rate_limit:g} readings/s; retry after the given delay.",
                 retry_after=max(1.0, math.ceil(wait)),
             )
         bucket.tokens -= readings
