@@ -85,11 +85,13 @@ class Server:
     temporary directory removed when it stops.
     """
 
-    def __init__(self, url: str, workers: int, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, workers: int, extra_env: dict[str, str] | None = None, auth: bool = True) -> None:
         self.port = free_port()
         self.data_dir = Path(tempfile.mkdtemp(prefix="energy-ingest-bench-serve-"))
         env = {k: v for k, v in os.environ.items() if k not in {"PORT", "HOST", "ALLOWED_HOSTS", "AUTH"}}
         env |= {"DATABASE_URL": url, "DATA_DIR": str(self.data_dir), "LOG_LEVEL": "warning"} | (extra_env or {})
+        if not auth:
+            env["AUTH"] = "off"
         cmd = [sys.executable, "-m", "energy_ingest.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.peak_rss = 0
@@ -107,7 +109,7 @@ class Server:
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
         try:
-            self.key = (self.data_dir / "admin-key").read_text().strip()
+            self.key = (self.data_dir / "admin-key").read_text().strip() if auth else ""
         except FileNotFoundError:
             self.stop()
             raise RuntimeError("the server made no admin key: is the database fresh?") from None

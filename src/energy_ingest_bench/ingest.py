@@ -286,6 +286,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         overload = _overload(server, url, fleet, args, rounds)
     finally:
         server.stop()
+    # The cost of keys: the same single-reading load against a server with authentication off.
+    single_no_auth = Figure(f"single-reading ingest, auth off ({args.connections} connections)", "requests/s", [])
+    open_server = Server(url, args.workers, auth=False)
+    try:
+        for run in range(args.runs + 1):  # the first round warms the new server up, unmeasured
+            singles = [
+                Request("single", 1, http_post(msgspec.json.encode(readings.next()), "")) for _ in range(args.singles)
+            ]
+            outcome, _ = run_load(open_server.sampling(closed_loop(open_server.port, singles, args.connections)))
+            if run:
+                single_no_auth.runs.append(outcome.total().statuses[201] / outcome.elapsed)
+    finally:
+        open_server.stop()
+    auth_cost = Figure("single-reading ingest with keys / without", "ratio", [])
+    auth_cost.runs = [a / b for a, b in zip(single.runs, single_no_auth.runs, strict=True) if b]
     mem = psutil.virtual_memory()
     with psycopg.connect(url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
@@ -309,7 +324,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "single_connections": args.connections,
             "database": "embedded (pgserver)" if embedded else "DATABASE_URL",
         },
-        "figures": [f.summary() for f in (batched, ceiling, ratio, single, p50, p99)],
+        "figures": [f.summary() for f in (batched, ceiling, ratio, single, p50, p99, single_no_auth, auth_cost)],
         "server_peak_rss_mib": round(server.peak_rss / 2**20, 1),
         "readings_lost": lost,
         "mixed": _mixed_summary(rounds, args),

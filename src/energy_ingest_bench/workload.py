@@ -14,9 +14,10 @@ Shape = Literal["single", "batch"]
 
 def http_post(body: bytes, key: str) -> bytes:
     """A whole `POST /v1/ingest` sending the API key `key` (a Host the server answers to by default)."""
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""  # none to a server with auth off
     return (
         b"POST /v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + f"{auth}Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
 
