@@ -35,50 +35,58 @@ async def settle(
     by_device: dict[int, list[tuple[datetime, float]]] = defaultdict(list)
     for key, ts, register in inserted:
         by_device[key].append((ts, register))
+    outcome = _Outcome()
     for key in sorted(by_device):
         new = sorted(by_device[key])
         newest = before.get(key)
         if newest is None or (newest[0] < new[0][0] and (newest[1] or 0) > 0):
             # In order: measured from the newest stored reading, nothing stored after it.
             basis = Point(newest[0], float(newest[1] or 0)) if newest else None
-            stored: list[tuple[datetime, float, float, float | None, int | None]] = [
-                (ts, register, 0.0, None, None) for ts, register in new
-            ]
+            stored: list[Stored] = [(ts, register, 0.0, None, None) for ts, register in new]
+            outcome.add(key, basis, stored, max_kw, after_basis_is_new=True)
         else:
             found, stored = await repo.register_stretch(conn, kind, key, new[0][0], new[-1][0])
-            basis = Point(*found) if found else None
-        await _apply(conn, kind, key, basis, stored, max_kw)
+            outcome.add(key, Point(*found) if found else None, stored, max_kw)
+    await outcome.store(conn, kind)
 
 
 async def resettle(conn: Conn, kind: Kind, key: int, lo: datetime, hi: datetime, max_kw: float) -> None:
     """Re-derive the readings around [lo, hi] after readings there were deleted (repairs)."""
     found, stored = await repo.register_stretch(conn, kind, key, lo, hi)
     basis = Point(*found) if found else None
-    if not stored:
-        await repo.replace_events(conn, kind, key, basis.ts if basis else None, hi, [])
-        return
-    await _apply(conn, kind, key, basis, stored, max_kw)
+    outcome = _Outcome()
+    if stored:
+        outcome.add(key, basis, stored, max_kw)
+    else:
+        outcome.stretches.append((key, basis.ts if basis else None, hi))
+    await outcome.store(conn, kind)
 
 
-async def _apply(
-    conn: Conn,
-    kind: Kind,
-    key: int,
-    basis: Point | None,
-    stored: Sequence[tuple[datetime, float, float, float | None, int | None]],
-    max_kw: float,
-) -> None:
-    """Store what the rules say of `stored` (time-sorted, measured on from `basis`) where it differs."""
-    derived, events = derive([Point(ts, register) for ts, register, *_ in stored], basis, max_kw)
-    changed = []
-    moves = []
-    for (ts, _, energy, excluded, flags), d in zip(stored, derived, strict=True):
-        if (energy, excluded or 0.0, flags or 0) != (d.energy, d.excluded, d.flags):
-            changed.append((ts, d.energy, d.excluded, d.flags))
-            moves.append((ts, energy, d.energy, excluded or 0.0, d.excluded))
-    await repo.set_derived(conn, kind, key, changed)
-    await repo.add_to_hours(conn, kind, key, moves)
-    last = stored[-1][0]
-    await repo.set_live_energy(conn, kind, key, last, derived[-1].energy)  # a no-op unless it is the newest
-    recorded = [(e.ts, e.event, e.register, e.previous) for e in events]
-    await repo.replace_events(conn, kind, key, basis.ts if basis else None, last, recorded)
+Stored = tuple[datetime, float, float, float | None, int | None]  # ts, register, energy, excluded, flags
+
+
+class _Outcome:
+    """What the rules say of the stretches a flush changed, stored in a few statements for all devices."""
+
+    def __init__(self) -> None:
+        self.changes: list[repo.Change] = []
+        self.newest: list[tuple[int, datetime, float]] = []
+        self.stretches: list[tuple[int, datetime | None, datetime]] = []
+        self.events: list[tuple[int, datetime, str, float, float]] = []
+
+    def add(
+        self, key: int, basis: Point | None, stored: Sequence[Stored], max_kw: float, after_basis_is_new: bool = False
+    ) -> None:
+        derived, events = derive([Point(ts, register) for ts, register, *_ in stored], basis, max_kw)
+        for (ts, _, energy, excluded, flags), d in zip(stored, derived, strict=True):
+            if (energy, excluded or 0.0, flags or 0) != (d.energy, d.excluded, d.flags):
+                self.changes.append((key, ts, energy, d.energy, excluded or 0.0, d.excluded, d.flags))
+        self.newest.append((key, stored[-1][0], derived[-1].energy))  # stored only if it is the newest
+        if not after_basis_is_new:  # stored events in the stretch may be outdated
+            self.stretches.append((key, basis.ts if basis else None, stored[-1][0]))
+        self.events += [(key, e.ts, e.event, e.register, e.previous) for e in events]
+
+    async def store(self, conn: Conn, kind: Kind) -> None:
+        await repo.set_derived(conn, kind, self.changes)
+        await repo.set_live_energy(conn, kind, self.newest)
+        await repo.replace_events(conn, kind, self.stretches, self.events)

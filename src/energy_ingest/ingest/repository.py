@@ -232,10 +232,13 @@ async def log_deletion(
 
 
 async def lock_devices(conn: Conn, kind: Kind, keys: Sequence[int]) -> None:
-    """Serialize flushes on the same register devices (their energies depend on each other's rows)."""
-    kind_id = 1 if kind.name == "meter" else 2
-    for key in sorted(keys):
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [kind_id, key])
+    """Serialize flushes on the same register devices (their energies depend on each other's rows);
+    taken in key order, so two flushes never wait on each other both ways."""
+    if keys:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, k) FROM (SELECT k FROM unnest(%s::int[]) AS k ORDER BY k) AS s",
+            [1 if kind.name == "meter" else 2, sorted(keys)],
+        )
 
 
 async def live_registers(conn: Conn, kind: Kind, keys: Sequence[int]) -> dict[int, tuple[datetime, float | None]]:
@@ -277,77 +280,74 @@ async def register_stretch(
     return (basis[0], basis[1]) if basis else None, await cur.fetchall()
 
 
-async def set_derived(conn: Conn, kind: Kind, key: int, rows: Sequence[tuple[datetime, float, float, int]]) -> None:
-    """Store derived (ts, energy, excluded, flags) on a device's readings, in time order."""
-    if not rows:
+# A change to one reading: (device key, ts, old energy, new energy, old excluded, new excluded, flags).
+Change = tuple[int, datetime, float, float, float, float, int]
+
+
+async def set_derived(conn: Conn, kind: Kind, changes: Sequence[Change]) -> None:
+    """Store derived energies, exclusions and flags on readings, and move their rollup hours by the
+    difference, cast to numeric as the rollup insert casts them, so sums stay equal to raw sums."""
+    if not changes:
         return
     names = _names(kind)
-    ts = [r[0] for r in rows]
+    columns = [[c[i] for c in changes] for i in range(7)]
+    stamps = [c[1] for c in changes]
+    lo, hi = min(stamps), max(stamps)
     await conn.execute(
         sql.SQL(
             "UPDATE {cold} c SET {energy} = u.energy, excluded_kwh = nullif(u.excluded, 0),"
             " register_flags = nullif(u.flags, 0)"
-            " FROM unnest(%s::timestamptz[], %s::float8[], %s::float8[], %s::int2[]) AS u(ts, energy, excluded, flags)"
-            " WHERE c.{key} = %s AND c.ts = u.ts AND c.ts >= %s AND c.ts <= %s"
+            " FROM unnest(%s::int[], %s::timestamptz[], %s::float8[], %s::float8[], %s::int2[])"
+            " AS u(key, ts, energy, excluded, flags)"
+            " WHERE c.{key} = u.key AND c.ts = u.ts AND c.ts >= %s AND c.ts <= %s"
         ).format(**names),
-        [ts, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], key, min(ts), max(ts)],
+        [columns[0], columns[1], columns[3], columns[5], columns[6], lo, hi],
     )
-
-
-async def add_to_hours(
-    conn: Conn, kind: Kind, key: int, changes: Sequence[tuple[datetime, float, float, float, float]]
-) -> None:
-    """Move a device's rollup hours by its readings' changes (ts, old energy, new energy, old excluded,
-    new excluded), cast to numeric as the rollup insert casts them, so sums stay equal to raw sums."""
-    if not changes:
-        return
-    stamps = [c[0] for c in changes]
-    lo = min(stamps).replace(minute=0, second=0, microsecond=0)
     await conn.execute(
         sql.SQL(
             "UPDATE {rollup} h SET kwh = h.kwh + d.kwh, excluded_kwh = h.excluded_kwh + d.excluded"
-            " FROM (SELECT date_trunc('hour', ts, 'UTC') AS hour, sum(e1::numeric - e0::numeric) AS kwh,"
+            " FROM (SELECT key, date_trunc('hour', ts, 'UTC') AS hour, sum(e1::numeric - e0::numeric) AS kwh,"
             " sum(x1::numeric - x0::numeric) AS excluded"
-            " FROM unnest(%s::timestamptz[], %s::float8[], %s::float8[], %s::float8[], %s::float8[])"
-            " AS u(ts, e0, e1, x0, x1) GROUP BY 1) d"
-            " WHERE h.{key} = %s AND h.hour = d.hour AND h.hour >= %s AND h.hour <= %s"
-        ).format(rollup=sql.Identifier(kind.rollup_table), **_names(kind)),
-        [stamps, *([c[i] for c in changes] for i in range(1, 5)), key, lo, max(stamps)],
+            " FROM unnest(%s::int[], %s::timestamptz[], %s::float8[], %s::float8[], %s::float8[], %s::float8[])"
+            " AS u(key, ts, e0, e1, x0, x1) GROUP BY 1, 2) d"
+            " WHERE h.{key} = d.key AND h.hour = d.hour AND h.hour >= %s AND h.hour <= %s"
+        ).format(rollup=sql.Identifier(kind.rollup_table), **names),
+        [*columns[:6], lo.replace(minute=0, second=0, microsecond=0), hi],
     )
 
 
-async def set_live_energy(conn: Conn, kind: Kind, key: int, ts: datetime, energy: float) -> None:
-    await conn.execute(
-        sql.SQL("UPDATE {live} SET {energy} = %s WHERE {key} = %s AND ts = %s").format(**_names(kind)),
-        [energy, key, ts],
-    )
+async def set_live_energy(conn: Conn, kind: Kind, newest: Sequence[tuple[int, datetime, float]]) -> None:
+    """The derived energy of readings that are their device's newest (others are left alone)."""
+    if newest:
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {live} l SET {energy} = u.energy FROM unnest(%s::int[], %s::timestamptz[], %s::float8[])"
+                " AS u(key, ts, energy) WHERE l.{key} = u.key AND l.ts = u.ts"
+            ).format(**_names(kind)),
+            [[n[0] for n in newest], [n[1] for n in newest], [n[2] for n in newest]],
+        )
 
 
 async def replace_events(
     conn: Conn,
     kind: Kind,
-    key: int,
-    after: datetime | None,
-    until: datetime,
-    events: Sequence[tuple[datetime, str, float, float]],
+    stretches: Sequence[tuple[int, datetime | None, datetime]],
+    events: Sequence[tuple[int, datetime, str, float, float]],
 ) -> None:
-    """Make a device's recorded resets and placeholders in (after, until] what the sequence says now."""
-    await conn.execute(
-        "DELETE FROM register_events WHERE kind = %s AND device_key = %s AND ts > %s AND ts <= %s",
-        [kind.name, key, after or datetime.min.replace(tzinfo=until.tzinfo), until],
-    )
+    """Make devices' recorded resets and placeholders in each (key, after, until] stretch what the
+    sequence says now: `events` (key, ts, event, register, previous)."""
+    if stretches:
+        await conn.execute(
+            "DELETE FROM register_events e USING unnest(%s::int[], %s::timestamptz[], %s::timestamptz[])"
+            " AS r(key, after, until)"
+            " WHERE e.kind = %s AND e.device_key = r.key AND e.ts > coalesce(r.after, '-infinity') AND e.ts <= r.until",
+            [[s[0] for s in stretches], [s[1] for s in stretches], [s[2] for s in stretches], kind.name],
+        )
     if events:
         await conn.execute(
             "INSERT INTO register_events (kind, device_key, ts, event, register, previous)"
-            " SELECT %s, %s, * FROM unnest(%s::timestamptz[], %s::text[], %s::float8[], %s::float8[])"
+            " SELECT %s, * FROM unnest(%s::int[], %s::timestamptz[], %s::text[], %s::float8[], %s::float8[])"
             " ON CONFLICT (kind, device_key, ts) DO UPDATE"
             " SET event = EXCLUDED.event, register = EXCLUDED.register, previous = EXCLUDED.previous",
-            [
-                kind.name,
-                key,
-                [e[0] for e in events],
-                [e[1] for e in events],
-                [e[2] for e in events],
-                [e[3] for e in events],
-            ],
+            [kind.name, *([e[i] for e in events] for i in range(5))],
         )
