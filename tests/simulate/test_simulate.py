@@ -7,22 +7,16 @@ import asyncio
 import itertools
 import math
 import re
-import socket
-import threading
-import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
-from energy_ingest.app import create_app
 from energy_ingest.simulate import FleetConfig, FleetSimulation, GroundTruth, Reading, format_summary, run
-from tests.conftest import KEYS, make_settings
+from tests.conftest import KEYS
 
 START = datetime(2026, 1, 5, 6, 0, tzinfo=UTC)
 ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -193,25 +187,6 @@ def test_config_is_checked() -> None:
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-@pytest.fixture
-def server_url(database_url: str) -> Iterator[str]:
-    """The service on a real port, in a background thread."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    app = create_app(make_settings(database_url), database_url)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
 
 
 def test_runner_end_to_end(server_url: str, db: psycopg.Connection[tuple[Any, ...]]) -> None:

@@ -3,6 +3,7 @@ of this process."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ class Services:
     rules: Rules
     keys: KeyCache
     ingest: IngestService
+    mqtt_down: Callable[[], str | None] | None = None  # why MQTT is not connected (None: it is); None: MQTT off
 
 
 def get_services(request: Request[Any, Any, Any]) -> Services:

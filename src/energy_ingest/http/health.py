@@ -1,4 +1,4 @@
-"""GET /health (the process answers) and GET /ready (the database answers).
+"""GET /health (the process answers) and GET /ready (the database answers, and the MQTT broker when MQTT_URL is set).
 
 /health is 503 only when the embedded server is down for good: `serve`'s supervisor writes its state to the
 file named by EMBEDDED_STATE_FILE (unset for an external DATABASE_URL) and says "failed" after repeated
@@ -50,11 +50,19 @@ async def health() -> Status:
 )
 async def ready(services: ServicesDep) -> Status:
     try:
-        async with services.pool.connection(timeout=services.settings.db_timeout_s) as conn:
+        # A probe answers at once: a database that takes over a second to hand out a connection is not ready.
+        async with services.pool.connection(timeout=min(services.settings.db_timeout_s, 1.0)) as conn:
             await conn.execute("SELECT 1")
     except Exception as exc:
         raise Unavailable(
             f"the database does not answer: {type(exc).__name__}",
             retry_after=services.settings.retry_after_s,
         ) from None
+    mqtt_down = services.mqtt_down() if services.mqtt_down is not None else None
+    if mqtt_down is not None:
+        raise Unavailable(
+            f"the MQTT broker is not connected: {mqtt_down}",
+            retry_after=services.settings.retry_after_s,
+            title="MQTT broker unavailable",
+        )
     return Status(status="ready")

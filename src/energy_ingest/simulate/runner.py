@@ -1,4 +1,11 @@
-"""Drive a running service with a simulated fleet over HTTP and report what it answered."""
+"""Drive a running service with a simulated fleet over HTTP or MQTT and report what it answered.
+
+Links (vehicle → meter) always go over HTTP; the readings over HTTP (`POST /v1/ingest`, whose answer
+comes after the commit) or MQTT (QoS 1 to `{prefix}/meters/{id}` and `{prefix}/vehicles/{id}`). Over
+MQTT the broker's PUBACK says only that the broker has the message, so the run also hears the service's
+problems on `{prefix}/errors/{id}` and then asks the analytics until the service has stored every
+reading, or `wait` runs out.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +13,38 @@ import argparse
 import asyncio
 import contextlib
 import os
+import ssl
 import sys
 import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+from urllib.parse import unquote, urlsplit
 
+import aiomqtt
 import httpx
 import msgspec
 
-from energy_ingest.simulate.fleet import FleetConfig, FleetSimulation, GroundTruth, Reading, iso
+from energy_ingest.simulate.fleet import (
+    DEFAULT_JUMP_SHARE,
+    DEFAULT_MAX_INTERVAL_KW,
+    DEFAULT_PLACEHOLDER_SHARE,
+    DEFAULT_RESET_SHARE,
+    REGISTERS,
+    FleetConfig,
+    FleetSimulation,
+    GroundTruth,
+    Message,
+    Reading,
+    iso,
+)
 
 Mode = Literal["backfill", "live"]
+Transport = Literal["http", "mqtt"]
 
 JSON_HEADERS = {"content-type": "application/json"}
 MAX_ERROR_SAMPLES = 5
@@ -27,6 +53,19 @@ MAX_RETRIES = 30
 # Resends after a connection error or timeout; a dead server should fail the run quickly.
 MAX_TRANSPORT_RETRIES = 3
 PROGRESS_INTERVAL_S = 0.5
+DEFAULT_BATCH_SIZE: dict[Transport, int] = {"http": 1000, "mqtt": 1}
+DEFAULT_CONCURRENCY: dict[Transport, int] = {"http": 8, "mqtt": 64}
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+DEFAULT_MQTT_PREFIX = "energy-ingest"
+DEFAULT_WAIT_S = 60.0
+# A publish without PUBACK for this long fails the message (and the run: the broker is gone).
+PUBLISH_TIMEOUT_S = 60.0
+# PUBACK reason 16: the broker took the message, but nothing subscribes to its topic (no service listens).
+NO_MATCHING_SUBSCRIBERS = 16
+STORED_POLL_S = 0.25
+# After the service answered problems, the wait ends once nothing more is stored for this long.
+STALL_S = 3.0
+FLEET_PAGE = 1000
 
 
 class RunnerError(RuntimeError):
@@ -49,10 +88,40 @@ class Summary:
     link_conflicts: int
     seconds: float
     truth: GroundTruth
+    transport: Transport = "http"
+    messages: int = 0
+    """MQTT: messages published (`sent` counts their readings)."""
+    acknowledged: int = 0
+    """MQTT: PUBACKs the broker sent, whatever their reason code."""
+    no_subscribers: int = 0
+    """MQTT: PUBACKs saying no one subscribes to the topic (reason 16): no service was listening."""
+    refused: tuple[tuple[str, int], ...] = ()
+    """MQTT: PUBACKs refusing the message (reason ≥ 128), by reason, e.g. ("Not authorized", 3)."""
+    problems: int = 0
+    """MQTT: problems the service answered to the run's devices on `{prefix}/errors/{device}`."""
+    stored: int | None = None
+    """MQTT: readings the service reported stored (analytics) when the run ended; None when not asked."""
+    stored_seconds: float = 0.0
+    """MQTT: from the last PUBACK until the service had stored them all (or the wait ran out)."""
 
     @property
     def readings_per_second(self) -> float:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def expected(self) -> int:
+        """Distinct readings of the run: what the service should hold once everything is in."""
+        return self.truth.meter_readings + self.truth.vehicle_readings
+
+    @property
+    def complete(self) -> bool:
+        """Every request succeeded, every message was taken, and (MQTT, when asked) everything stored."""
+        return (
+            self.errors == 0
+            and not self.refused
+            and not self.problems
+            and (self.stored is None or self.stored >= self.expected)
+        )
 
 
 @dataclass(slots=True)
@@ -65,10 +134,21 @@ class _Counters:
     failed_readings: int = 0
     links: int = 0
     link_conflicts: int = 0
+    messages: int = 0
+    problems: int = 0
+    pubacks: Counter[int] = field(default_factory=Counter)
+    reasons: dict[int, str] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
+
+    @property
+    def acknowledged(self) -> int:
+        return sum(self.pubacks.values())
 
     def error(self, text: str) -> None:
         self.errors += 1
+        self.sample(text)
+
+    def sample(self, text: str) -> None:
         if len(self.error_samples) < MAX_ERROR_SAMPLES:
             self.error_samples.append(text[:500])
 
@@ -146,38 +226,85 @@ async def _progress(counters: _Counters, started: float, total: int) -> None:
 
 def _write_progress(counters: _Counters, started: float, total: int) -> None:
     elapsed = max(time.monotonic() - started, 1e-9)
+    if counters.messages:
+        answered = f"{counters.messages:,} messages, {counters.acknowledged:,} acknowledged, "
+    else:
+        answered = f"{counters.accepted:,} accepted, {counters.duplicates:,} duplicates, {counters.retries:,} retries, "
     sys.stderr.write(
-        f"\r{counters.sent:,}/~{total:,} readings sent, {counters.accepted:,} accepted, "
-        f"{counters.duplicates:,} duplicates, {counters.retries:,} retries, {counters.errors:,} errors, "
+        f"\r{counters.sent:,}/~{total:,} readings sent, {answered}{counters.errors:,} errors, "
         f"{counters.sent / elapsed:,.0f} readings/s   "
     )
     sys.stderr.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    """Where `--mqtt-url` points: `mqtt://[user:password@]host[:port]`, `mqtts://` for TLS."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> Broker:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"the MQTT URL must look like mqtt://host:1883 or mqtts://host:8883, not {url!r}")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
 async def run(
     base_url: str,
     config: FleetConfig,
     *,
-    batch_size: int = 1000,
-    concurrency: int = 8,
+    batch_size: int | None = None,
+    concurrency: int | None = None,
     mode: Mode = "backfill",
     speed: float = 1.0,
     progress: bool = True,
     key: str | None = None,
+    transport: Transport = "http",
+    mqtt_url: str = DEFAULT_MQTT_URL,
+    mqtt_prefix: str = DEFAULT_MQTT_PREFIX,
+    wait: float = DEFAULT_WAIT_S,
 ) -> Summary:
-    """Link every vehicle to its meter from `config.start`, then send the fleet's readings in batches with
-    `concurrency` requests in flight: as fast as the server takes them (backfill) or minute by minute in
-    real time accelerated by `speed` (live)."""
+    """Link every vehicle to its meter from `config.start` (over HTTP), then send the fleet's readings with
+    `concurrency` requests (HTTP) or unacknowledged messages (MQTT) in flight: as fast as they are taken
+    (backfill) or minute by minute in real time accelerated by `speed` (live).
+
+    HTTP sends batches of `batch_size` readings (default 1000); MQTT publishes each device's readings on its
+    own topic with QoS 1, one reading per message (`batch_size` 1, the default) or arrays of up to
+    `batch_size`, then waits up to `wait` seconds until the service has stored them all (0: does not ask)."""
+    if transport not in get_args(Transport):
+        raise ValueError(f"transport must be 'http' or 'mqtt', not {transport!r}")
+    batch_size = DEFAULT_BATCH_SIZE[transport] if batch_size is None else batch_size
+    concurrency = DEFAULT_CONCURRENCY[transport] if concurrency is None else concurrency
     if batch_size < 1 or concurrency < 1:
         raise ValueError("batch_size and concurrency must be >= 1")
     if mode not in ("backfill", "live"):
         raise ValueError(f"mode must be 'backfill' or 'live', not {mode!r}")
     if speed <= 0:
         raise ValueError("speed must be > 0")
+    if wait < 0:
+        raise ValueError("wait must be >= 0")
+    broker = Broker.from_url(mqtt_url) if transport == "mqtt" else None
+    if broker is not None and (not mqtt_prefix or "+" in mqtt_prefix or "#" in mqtt_prefix):
+        raise ValueError(f"the MQTT prefix must be a topic without wildcards, not {mqtt_prefix!r}")
     sim = FleetSimulation(config)
     counters = _Counters()
     show_progress = progress and sys.stderr.isatty()
-    encoder = msgspec.json.Encoder()
     timeout = httpx.Timeout(60.0, connect=10.0)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
@@ -187,49 +314,40 @@ async def run(
             await client.get("/health")
         except httpx.TransportError as exc:
             raise RunnerError(f"cannot reach {base_url}: {exc}") from exc
-        await _link(client, config, sim, concurrency, counters)
-
-        queue: asyncio.Queue[list[Reading] | None] = asyncio.Queue(maxsize=concurrency * 2)
-
-        async def worker() -> None:
-            while (readings := await queue.get()) is not None:
-                response = await _request(client, "POST", "/v1/ingest", encoder.encode(readings), counters)
-                counters.sent += len(readings)
-                if response is None:
-                    counters.failed_readings += len(readings)
-                elif response.is_success:
-                    answer: dict[str, Any] = response.json()
-                    counters.accepted += int(answer.get("accepted", 0))
-                    counters.duplicates += int(answer.get("duplicates", 0))
+        async with contextlib.AsyncExitStack() as stack:
+            mqtt = None
+            if broker is not None:  # before the links, so that a broker out of reach changes nothing
+                devices = {c.meter_id for c in sim.chargers} | {c.vehicle_id for c in sim.chargers}
+                mqtt = await stack.enter_async_context(
+                    _mqtt_session(broker, mqtt_prefix, concurrency, devices, counters)
+                )
+            await _link(client, config, sim, concurrency, counters)
+            started = time.monotonic()
+            expected = round(2 * config.devices * config.minutes * (1 + config.duplicate_share))
+            reporter = asyncio.create_task(_progress(counters, started, expected)) if show_progress else None
+            try:
+                if mqtt is None:
+                    await _post_all(client, sim, batch_size, concurrency, mode, speed, started, counters)
                 else:
-                    counters.failed_readings += len(readings)
-                    counters.error(f"POST /v1/ingest → {response.status_code}: {response.text}")
+                    await _publish_all(mqtt, mqtt_prefix, sim, batch_size, concurrency, mode, speed, started, counters)
+            finally:
+                if reporter is not None:
+                    reporter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reporter
+                    _write_progress(counters, started, counters.sent)
+                    sys.stderr.write("\n")
+                    sys.stderr.flush()
+            seconds = time.monotonic() - started
+            truth = sim.ground_truth()
+            stored: int | None = None
+            if mqtt is not None and wait > 0 and counters.errors == 0:
+                stored = await _wait_stored(client, truth, wait, counters)
+            stored_seconds = time.monotonic() - started - seconds
 
-        started = time.monotonic()
-        expected = round(2 * config.devices * config.minutes * (1 + config.duplicate_share))
-        reporter = asyncio.create_task(_progress(counters, started, expected)) if show_progress else None
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(concurrency):
-                    tg.create_task(worker())
-                for batch in sim.batches(batch_size, per_minute=mode == "live"):
-                    if mode == "live":
-                        delay = started + batch.minute * 60.0 / speed - time.monotonic()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    await queue.put(batch.readings)
-                for _ in range(concurrency):
-                    await queue.put(None)
-        finally:
-            if reporter is not None:
-                reporter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reporter
-                _write_progress(counters, started, counters.sent)
-                sys.stderr.write("\n")
-                sys.stderr.flush()
-        seconds = time.monotonic() - started
-
+    reasons = sorted(
+        ((counters.reasons[code], n) for code, n in counters.pubacks.items() if code >= 128), key=lambda r: -r[1]
+    )
     return Summary(
         sent=counters.sent,
         accepted=counters.accepted,
@@ -241,41 +359,289 @@ async def run(
         links=counters.links,
         link_conflicts=counters.link_conflicts,
         seconds=seconds,
-        truth=sim.ground_truth(),
+        truth=truth,
+        transport=transport,
+        messages=counters.messages,
+        acknowledged=counters.acknowledged,
+        no_subscribers=counters.pubacks[NO_MATCHING_SUBSCRIBERS],
+        refused=tuple(reasons),
+        problems=counters.problems,
+        stored=stored,
+        stored_seconds=stored_seconds if stored is not None else 0.0,
     )
+
+
+async def _post_all(
+    client: httpx.AsyncClient,
+    sim: FleetSimulation,
+    batch_size: int,
+    concurrency: int,
+    mode: Mode,
+    speed: float,
+    started: float,
+    counters: _Counters,
+) -> None:
+    encoder = msgspec.json.Encoder()
+    queue: asyncio.Queue[list[Reading] | None] = asyncio.Queue(maxsize=concurrency * 2)
+
+    async def worker() -> None:
+        while (readings := await queue.get()) is not None:
+            response = await _request(client, "POST", "/v1/ingest", encoder.encode(readings), counters)
+            counters.sent += len(readings)
+            if response is None:
+                counters.failed_readings += len(readings)
+            elif response.is_success:
+                answer: dict[str, Any] = response.json()
+                counters.accepted += int(answer.get("accepted", 0))
+                counters.duplicates += int(answer.get("duplicates", 0))
+            else:
+                counters.failed_readings += len(readings)
+                counters.error(f"POST /v1/ingest → {response.status_code}: {response.text}")
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(worker())
+        for batch in sim.batches(batch_size, per_minute=mode == "live"):
+            await _pace(mode, started, batch.minute, speed)
+            await queue.put(batch.readings)
+        for _ in range(concurrency):
+            await queue.put(None)
+
+
+async def _pace(mode: Mode, started: float, minute: int, speed: float) -> None:
+    """Live mode: wait for the simulated minute's turn."""
+    if mode == "live":
+        delay = started + minute * 60.0 / speed - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def _mqtt_client(broker: Broker, concurrency: int, counters: _Counters) -> aiomqtt.Client:
+    client = aiomqtt.Client(
+        broker.host,
+        broker.port,
+        username=broker.username,
+        password=broker.password,
+        identifier=f"energy-ingest-simulate-{uuid.uuid4().hex[:12]}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        max_inflight_messages=concurrency,
+        timeout=PUBLISH_TIMEOUT_S,
+        tls_context=ssl.create_default_context() if broker.tls else None,
+    )
+    client.pending_calls_threshold = concurrency + 1  # in flight by design: no warning per message
+    # aiomqtt drops the PUBACK's reason code; its paho client has it. Count each, then let aiomqtt go on.
+    paho = client._client
+    confirm: Any = paho.on_publish
+
+    def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        code = int(getattr(reason, "value", 0))
+        counters.pubacks[code] += 1
+        counters.reasons.setdefault(code, str(reason))
+        confirm(c, userdata, mid, reason, properties)
+
+    paho.on_publish = on_publish
+    return client
+
+
+@contextlib.asynccontextmanager
+async def _mqtt_session(
+    broker: Broker, prefix: str, concurrency: int, devices: set[str], counters: _Counters
+) -> AsyncIterator[aiomqtt.Client]:
+    """A connection to the broker that also hears the service's answers to the run's devices (problems)."""
+    client = _mqtt_client(broker, concurrency, counters)
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttError as exc:
+        raise RunnerError(f"cannot reach the MQTT broker at {broker}: {exc}") from exc
+    try:
+        try:
+            await client.subscribe(f"{prefix}/errors/+", qos=1)
+        except aiomqtt.MqttError as exc:
+            raise RunnerError(f"cannot subscribe to {prefix}/errors/+ at {broker}: {exc}") from exc
+        listener = asyncio.create_task(_listen(client, f"{prefix}/errors/", devices, counters))
+        try:
+            yield client
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
+
+
+async def _listen(client: aiomqtt.Client, errors: str, devices: set[str], counters: _Counters) -> None:
+    """Count the problems the service answers to the run's devices on `{prefix}/errors/{device}`."""
+    async for message in client.messages:
+        device = message.topic.value.removeprefix(errors)
+        if device not in devices:  # another publisher's device
+            continue
+        counters.problems += 1
+        try:
+            problem = msgspec.json.decode(bytes(message.payload))
+            text = f"{problem['title']}: {problem['detail']}"
+            if problem.get("errors"):
+                text += " " + msgspec.json.encode(problem["errors"]).decode()
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+            text = repr(message.payload)
+        counters.sample(f"{message.topic.value}: {text}")
+
+
+async def _publish_all(
+    client: aiomqtt.Client,
+    prefix: str,
+    sim: FleetSimulation,
+    batch_size: int,
+    concurrency: int,
+    mode: Mode,
+    speed: float,
+    started: float,
+    counters: _Counters,
+) -> None:
+    encoder = msgspec.json.Encoder()
+    queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=concurrency * 2)
+    broken = asyncio.Event()  # the connection is gone: stop making messages
+
+    async def worker() -> None:
+        while (message := await queue.get()) is not None:
+            readings = message.readings
+            topic = f"{prefix}/{message.kind}s/{message.device_id}"
+            payload = encoder.encode(readings[0] if batch_size == 1 else readings)
+            if broken.is_set():
+                continue
+            counters.messages += 1
+            counters.sent += len(readings)
+            try:
+                await client.publish(topic, payload, qos=1)
+            except aiomqtt.MqttError as exc:
+                counters.failed_readings += len(readings)
+                counters.error(f"publish to {topic}: {exc}")
+                broken.set()
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(worker())
+        for message in sim.messages(batch_size, per_minute=mode == "live"):
+            if broken.is_set():
+                continue  # the rest is not sent, but the ground truth needs the whole run
+            await _pace(mode, started, message.minute, speed)
+            await queue.put(message)
+        for _ in range(concurrency):
+            await queue.put(None)
+
+
+async def _wait_stored(client: httpx.AsyncClient, truth: GroundTruth, wait: float, counters: _Counters) -> int | None:
+    """Readings of the run the service holds (its fleet report's counts), asked until all are there or
+    `wait` seconds pass, or nothing more comes for a while after the service refused some; None when
+    the service would not say (no read scope, a window over 31 days)."""
+    expected = truth.meter_readings + truth.vehicle_readings
+    now = time.monotonic()
+    deadline, last, since = now + wait, -1, now
+    while True:
+        stored = await _stored(client, truth)
+        now = time.monotonic()
+        if stored is None or stored >= expected or now >= deadline:
+            return stored
+        if stored != last:
+            last, since = stored, now
+        elif counters.problems and now - since >= STALL_S:
+            return stored
+        await asyncio.sleep(STORED_POLL_S)
+
+
+async def _stored(client: httpx.AsyncClient, truth: GroundTruth) -> int | None:
+    vehicles = {v.vehicle_id for v in truth.vehicles}
+    params = {"from": iso(truth.start), "to": iso(truth.end), "limit": str(FLEET_PAGE)}
+    total = 0
+    while True:
+        try:
+            response = await client.get("/v1/analytics/fleet", params=params)
+        except httpx.TransportError:
+            return None
+        if not response.is_success:
+            return None
+        page: dict[str, Any] = response.json()
+        for vehicle in page["vehicles"]:
+            if vehicle["vehicleId"] in vehicles:  # the service may hold other fleets too
+                total += int(vehicle["readings"]["meter"]) + int(vehicle["readings"]["vehicle"])
+        if not page.get("nextCursor"):
+            return total
+        params["cursor"] = str(page["nextCursor"])
 
 
 def _fmt(value: float | None, decimals: int) -> str:
     return "-" if value is None else f"{value:.{decimals}f}"
 
 
+def _delivery_lines(summary: Summary) -> list[str]:
+    if summary.transport == "http":
+        return [
+            f"readings sent     {summary.sent:,} in {summary.seconds:.2f} s "
+            f"({summary.readings_per_second:,.0f} readings/s)",
+            f"server answered   {summary.accepted:,} accepted, {summary.duplicates:,} duplicates",
+            f"requests          {summary.retries:,} retries (429/503/transport), {summary.errors:,} failed"
+            + (f" ({summary.failed_readings:,} readings)" if summary.failed_readings else ""),
+        ]
+    refused = ", ".join(f"{n:,} {reason}" for reason, n in summary.refused) or "none refused"
+    lines = [
+        f"published         {summary.sent:,} readings in {summary.messages:,} messages (QoS 1) "
+        f"in {summary.seconds:.2f} s ({summary.readings_per_second:,.0f} readings/s)",
+        f"broker answered   {summary.acknowledged:,} PUBACKs ({refused}), {summary.errors:,} publishes failed"
+        + (f" ({summary.failed_readings:,} readings)" if summary.failed_readings else ""),
+    ]
+    if summary.problems:
+        lines.append(f"service refused   {summary.problems:,} messages (problems on {{prefix}}/errors/{{device}})")
+    if summary.no_subscribers:
+        lines.append(
+            f"  warning: {summary.no_subscribers:,} messages had no subscriber (reason 16): "
+            "no service was listening on the prefix, and the broker dropped them"
+        )
+    if summary.stored is None:
+        lines.append("service stored    not asked (--wait 0, a failed publish, or no read scope)")
+    else:
+        done = "all" if summary.stored >= summary.expected else "only"
+        lines.append(
+            f"service stored    {done} {summary.stored:,} of {summary.expected:,} readings, "
+            f"{summary.stored_seconds:.2f} s after the last PUBACK"
+        )
+    return lines
+
+
 def format_summary(summary: Summary, max_vehicles: int = 10) -> str:
     """Totals of the run and the ground truth to check against `GET /v1/analytics/performance/{vehicleId}`."""
     truth = summary.truth
     window = f"from={iso(truth.start)}&to={iso(truth.end)}"
-    lines = [
-        f"readings sent     {summary.sent:,} in {summary.seconds:.2f} s "
-        f"({summary.readings_per_second:,.0f} readings/s)",
-        f"server answered   {summary.accepted:,} accepted, {summary.duplicates:,} duplicates",
-        f"requests          {summary.retries:,} retries (429/503/transport), {summary.errors:,} failed"
-        + (f" ({summary.failed_readings:,} readings)" if summary.failed_readings else ""),
-        f"links             {summary.links:,} in place, {summary.link_conflicts:,} conflicts (409)",
-    ]
+    lines = _delivery_lines(summary)
+    lines.append(f"links             {summary.links:,} in place, {summary.link_conflicts:,} conflicts (409)")
     lines += [f"  error: {sample}" for sample in summary.error_samples]
     lines += [
         "",
         f"ground truth      {len(truth.vehicles):,} vehicles, {len(truth.faulty):,} faulty chargers; "
         f"{truth.meter_readings:,} meter + {truth.vehicle_readings:,} vehicle readings, "
         f"{truth.duplicates_injected:,} duplicates and {truth.late:,} late readings injected",
-        f"check with        GET /v1/analytics/performance/{{vehicleId}}?{window}",
-        "",
-        f"{'vehicleId':<10} {'meterId':<10} {'totalAc':>12} {'totalDc':>12} {'efficiency':>10}  faulty",
     ]
-    for v in truth.vehicles[:max_vehicles]:
+    excluded = any(v.excluded_ac or v.excluded_dc for v in truth.vehicles)
+    if truth.registers != "none":
         lines.append(
-            f"{v.vehicle_id:<10} {v.meter_id:<10} {v.total_ac:>12.6f} {v.total_dc:>12.6f} "
-            f"{_fmt(v.efficiency, 4):>10}  {'yes' if v.faulty else 'no'}"
+            f"registers         {truth.registers}: {truth.resets:,} resets, {truth.placeholders:,} zero placeholders, "
+            f"{truth.jumps:,} implausible jumps injected; totals are what the counter rules count "
+            "(the first reading of each register counts nothing)"
         )
+    lines += [
+        f"check with        GET /v1/analytics/performance/{{vehicleId}}?{window}",
+        f"                  GET /v1/analytics/meters/{{meterId}}?{window} (totalKwh = totalAc)",
+    ]
+    if truth.events:
+        lines.append("                  GET /v1/{meters,vehicles}/{id}/resets (the resets and placeholders)")
+    header = f"{'vehicleId':<10} {'meterId':<10} {'totalAc':>12} {'totalDc':>12} {'efficiency':>10}  faulty"
+    lines += ["", header + (f" {'excludedAc':>12} {'excludedDc':>12}" if excluded else "")]
+    for v in truth.vehicles[:max_vehicles]:
+        row = (
+            f"{v.vehicle_id:<10} {v.meter_id:<10} {v.total_ac:>12.6f} {v.total_dc:>12.6f} "
+            f"{_fmt(v.efficiency, 4):>10}  {'yes' if v.faulty else 'no ':<6}"
+        )
+        if excluded:
+            row += f" {v.excluded_ac:>12.6f} {v.excluded_dc:>12.6f}"
+        lines.append(row.rstrip())
     hidden = len(truth.vehicles) - max_vehicles
     if hidden > 0:
         lines.append(f"… {hidden:,} more vehicles")
@@ -326,6 +692,24 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from exc
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {value!r}")
+    return number
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        return default
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `simulate` command's flags."""
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL (default %(default)s)")
@@ -343,12 +727,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="backfill: as fast as the server takes it; live: minute by minute in real time (%(default)s)",
     )
     parser.add_argument("--speed", type=_positive_float, default=1.0, help="live mode: time acceleration (%(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1000, help="readings per request (%(default)s)")
-    parser.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (%(default)s)")
+    parser.add_argument(
+        "--transport",
+        choices=list(get_args(Transport)),
+        default="http",
+        help="how readings go in: POST /v1/ingest, or MQTT QoS 1 to {prefix}/meters/{id} and "
+        "{prefix}/vehicles/{id} (links always go over HTTP) (%(default)s)",
+    )
+    parser.add_argument(
+        "--mqtt-url",
+        default=os.environ.get("MQTT_URL") or DEFAULT_MQTT_URL,
+        help="broker, mqtt://[user:password@]host[:port] or mqtts:// (env MQTT_URL, default %(default)s)",
+    )
+    parser.add_argument(
+        "--mqtt-prefix",
+        default=os.environ.get("MQTT_PREFIX") or DEFAULT_MQTT_PREFIX,
+        help="topic prefix (env MQTT_PREFIX, default %(default)s)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=_non_negative_float,
+        default=DEFAULT_WAIT_S,
+        help="MQTT: seconds to wait, after the last PUBACK, until the service has stored every reading; "
+        "0: do not ask (%(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="readings per request (HTTP, default 1000) or per message of one device (MQTT, default 1: "
+        "one reading per message, more: JSON arrays)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=None,
+        help="requests (HTTP, default 8) or unacknowledged messages (MQTT, default 64) in flight",
+    )
     parser.add_argument("--duplicates", type=_share, default=0.0, help="share of readings sent twice (%(default)s)")
-    parser.add_argument("--late", type=_share, default=0.0, help="share of readings sent at the end (%(default)s)")
-    parser.add_argument("--out-of-order", action="store_true", help="shuffle readings within each request")
+    parser.add_argument(
+        "--late", type=_share, default=None, help="share of readings sent at the end (default 0; 0.01 with --registers)"
+    )
+    parser.add_argument(
+        "--out-of-order",
+        action="store_true",
+        help="shuffle readings within each request or message (and MQTT messages within a minute)",
+    )
     parser.add_argument("--faulty", type=_share, default=0.1, help="share of faulty chargers (%(default)s)")
+    parser.add_argument(
+        "--registers",
+        nargs="?",
+        choices=[r for r in REGISTERS if r != "none"],
+        const="meters",
+        default="none",
+        help="report cumulative registers (kwhConsumedAcTotal, kwhDeliveredDcTotal) instead of interval "
+        "energy: meters (the default when given alone), vehicles or all",
+    )
+    parser.add_argument(
+        "--resets",
+        type=_share,
+        default=DEFAULT_RESET_SHARE,
+        help="registers: share of charging minutes in which the register drops (meter replaced or rolled over) "
+        "(%(default)s)",
+    )
+    parser.add_argument(
+        "--placeholders",
+        type=_share,
+        default=DEFAULT_PLACEHOLDER_SHARE,
+        help="registers: share of readings that read 0 (an offline device's placeholder) (%(default)s)",
+    )
+    parser.add_argument(
+        "--jumps",
+        type=_share,
+        default=DEFAULT_JUMP_SHARE,
+        help="registers: share of readings that jump by 1,000–5,000 kWh, left out as implausible (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-interval-kw",
+        type=_positive_float,
+        default=_env_float("MAX_INTERVAL_KW", DEFAULT_MAX_INTERVAL_KW),
+        help="the service's MAX_INTERVAL_KW, for the ground truth (env MAX_INTERVAL_KW, default %(default)s)",
+    )
+    parser.add_argument(
+        "--id-prefix",
+        default="",
+        help="put before every device id (MTR-00001, EV-00001): a device keeps the energy form it started "
+        "with, so a register run needs other ids than an interval run on the same service",
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed (%(default)s)")
     parser.add_argument(
         "--start", type=_rfc3339, default=None, help="first reading's time, RFC 3339 (default: now − minutes)"
@@ -358,11 +823,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run the simulation the flags describe and print its summary; 0 when every request succeeded."""
+    """Run the simulation the flags describe and print its summary; 0 when every reading went in."""
     start: datetime | None = args.start
     if start is None:
         # The server refuses readings more than a few minutes ahead, so the span ends now.
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=args.minutes)
+    late: float | None = args.late
+    if late is None:
+        late = 0.01 if args.registers != "none" else 0.0
     try:
         config = FleetConfig(
             devices=args.devices,
@@ -372,7 +840,13 @@ def main_from_args(args: argparse.Namespace) -> int:
             faulty_share=args.faulty,
             duplicate_share=args.duplicates,
             out_of_order=args.out_of_order,
-            late_share=args.late,
+            late_share=late,
+            registers=args.registers,
+            reset_share=args.resets,
+            placeholder_share=args.placeholders,
+            jump_share=args.jumps,
+            max_interval_kw=args.max_interval_kw,
+            id_prefix=args.id_prefix,
         )
         summary = asyncio.run(
             run(
@@ -384,6 +858,10 @@ def main_from_args(args: argparse.Namespace) -> int:
                 speed=args.speed,
                 progress=not args.no_progress,
                 key=args.key,
+                transport=args.transport,
+                mqtt_url=args.mqtt_url,
+                mqtt_prefix=args.mqtt_prefix,
+                wait=args.wait,
             )
         )
     except (ValueError, RunnerError) as exc:
@@ -393,4 +871,4 @@ def main_from_args(args: argparse.Namespace) -> int:
         print("energy-ingest simulate: interrupted", file=sys.stderr)
         return 130
     print(format_summary(summary, max_vehicles=args.max_vehicles))
-    return 0 if summary.errors == 0 else 1
+    return 0 if summary.complete else 1
