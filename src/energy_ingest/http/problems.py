@@ -116,8 +116,8 @@ def _from_domain(exc: DomainError, retry_after_s: int) -> Problem:
         if exc.title == "Service Unavailable":
             log.warning("database unavailable: %s", exc)
             DB_ERRORS.inc()
-        else:
-            log.error("%s: %s", exc.title, exc)
+        else:  # a write conflict after every retry, a broker away: worth a look, not an error each time
+            log.warning("%s: %s", exc.title, exc)
         headers["Retry-After"] = str(math.ceil(exc.retry_after or retry_after_s))
     return Problem(status, exc.detail, title=exc.title, errors=exc.errors, headers=headers)
 
