@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 
@@ -40,6 +41,19 @@ def vehicle(
         "batteryTemp": temp,
         "timestamp": iso(ts),
     } | extra
+
+
+def rollups_equal_raw(db: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """Every rollup hour holds exactly the count, energy and left-out energy of its raw readings."""
+    for kind, energy in (("meter", "kwh_consumed_ac"), ("vehicle", "kwh_delivered_dc")):
+        diff = db.execute(
+            f"SELECT count(*) FROM (SELECT {kind}_key, date_trunc('hour', ts, 'UTC') AS hour, count(*) AS n,"
+            f" sum({energy}::numeric) AS kwh, sum(coalesce(excluded_kwh, 0)::numeric) AS x FROM {kind}_readings"
+            f" GROUP BY 1, 2) r FULL JOIN {kind}_hourly h USING ({kind}_key, hour)"
+            " WHERE r.n IS DISTINCT FROM h.readings OR r.kwh IS DISTINCT FROM h.kwh"
+            " OR r.x IS DISTINCT FROM h.excluded_kwh"
+        ).fetchone()
+        assert diff == (0,), kind
 
 
 class PostgresProxy:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from energy_ingest_bench import analytics, ingest
+from energy_ingest_bench import analytics, ingest, mqtt_ingest
 from energy_ingest_bench.harness import FreshDatabase, Server
 
 # Sizes of a full run, and of `--quick`; a flag given on the command line wins over both.
@@ -29,6 +29,9 @@ FULL: dict[str, Any] = {
     "devices": 10_000,
     "days": 2,
     "queries": 200,
+    "mqtt_singles": 200_000,
+    "mqtt_arrays": 4_000,
+    "mqtt_devices": 10_000,
 }
 QUICK: dict[str, Any] = {
     "runs": 1,
@@ -43,6 +46,9 @@ QUICK: dict[str, Any] = {
     "devices": 20,
     "days": 1,
     "queries": 10,
+    "mqtt_singles": 2_000,
+    "mqtt_arrays": 20,
+    "mqtt_devices": 100,
 }
 
 
@@ -69,6 +75,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stats-settle-s", type=float, help="wait after a phase before reading its deadlock count (default 11)"
     )
+    p.add_argument("--no-mqtt", dest="mqtt", action="store_false", help="leave out the MQTT phases")
+    p.add_argument("--mqtt-singles", type=int, help=f"MQTT messages of one reading per run ({FULL['mqtt_singles']:,})")
+    p.add_argument(
+        "--mqtt-arrays",
+        type=int,
+        help=f"MQTT messages of {mqtt_ingest.ARRAY} readings per run ({FULL['mqtt_arrays']:,})",
+    )
+    p.add_argument("--mqtt-devices", type=int, help=f"meters publishing over MQTT ({FULL['mqtt_devices']:,})")
+    p.add_argument("--mqtt-publishers", type=int, default=2, help="MQTT publisher processes")
+    p.add_argument("--mqtt-connections", type=int, default=8, help="MQTT publisher connections in all")
     p.add_argument("--analytics", action="store_true", help="run the analytics benchmark instead")
     p.add_argument("--devices", type=int, help=f"analytics: meters and as many vehicles ({FULL['devices']:,})")
     p.add_argument("--days", type=int, help=f"analytics: days of one reading a minute ({FULL['days']})")

@@ -4,7 +4,7 @@ Starts the real server (`energy-ingest serve`) as a subprocess and drives it ove
 this process. Each run measures: batches of 1,000 and single readings (the standard figures), the raw
 ceiling (binary COPY of the same kind of rows straight into the same tables), and the mixed workload
 with its two pure parts. Then one overload phase sends both shapes open loop at twice their
-sustainable rates.
+sustainable rates. Last, the same readings over MQTT (mqtt_ingest.py), when Mosquitto is installed.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import psycopg
 
 from energy_ingest import __version__
 from energy_ingest.db.partitions import PartitionKeeper
+from energy_ingest_bench import mqtt_ingest
 from energy_ingest_bench.harness import FreshDatabase, Server, deadlocks, stored_readings
 from energy_ingest_bench.load import Outcome, Stream, Tally, closed_loop, median_ms, open_loop, percentile_ms
 from energy_ingest_bench.load import run as run_load
@@ -301,6 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         open_server.stop()
     auth_cost = Figure("single-reading ingest with keys / without", "ratio", [])
     auth_cost.runs = [a / b for a, b in zip(single.runs, single_no_auth.runs, strict=True) if b]
+    mqtt = mqtt_ingest.run(args, db.admin)
     mem = psutil.virtual_memory()
     with psycopg.connect(url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
@@ -329,6 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "readings_lost": lost,
         "mixed": _mixed_summary(rounds, args),
         "overload": overload,
+        "mqtt": mqtt,
     }
     db.drop()
     return result
@@ -463,4 +466,6 @@ def render(result: dict[str, Any]) -> str:
             f"{o['readings_acknowledged']:,}, stored {o['readings_stored']:,}.",
             "",
         ]
+    if "mqtt" in result:
+        lines += mqtt_ingest.render(result["mqtt"], _table)
     return "\n".join(lines)

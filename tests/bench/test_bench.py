@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from energy_ingest_bench.broker import mosquitto_binary
+
 SERVICE_IMPORTS = """
 import importlib, pkgutil, sys
 import energy_ingest
@@ -17,7 +19,7 @@ print(sorted(name for name in sys.modules if name.split(".")[0] == "energy_inges
 """
 
 
-def test_quick_run_reports_mixed_workload_and_overload(database_url: str, tmp_path: Path) -> None:
+def test_quick_run_reports_mixed_workload_overload_and_mqtt(database_url: str, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "energy_ingest_bench", "--quick", "--database-url", database_url]
     done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -41,6 +43,20 @@ def test_quick_run_reports_mixed_workload_and_overload(database_url: str, tmp_pa
         assert {"share_429", "p99_ms", "statuses", "offered_requests_per_s"} <= set(shape)
     assert overload["readings_acknowledged"] == overload["readings_stored"] > 0  # nothing acknowledged is lost
     assert overload["server_peak_rss_mib"] > 0
+
+    mqtt = ingest["mqtt"]
+    if mosquitto_binary() is None:  # the phase is left out, and the report says why
+        assert "### MQTT ingest\n\nSkipped: mosquitto is not installed" in report
+        return
+    assert "### MQTT ingest (QoS 1, published → committed)" in report
+    assert "| one reading per message: published → committed |" in report
+    assert "| arrays of 100: published → committed |" in report
+    assert "target, one reading per message: ≥ 20,000 readings/s committed, broker included" in report
+    assert mqtt["complete"] and not mqtt["publisher_errors"]
+    assert mqtt["no_matching_subscribers"] == mqtt["refused_by_broker"] == 0
+    assert mqtt["readings_published"] == mqtt["readings_stored"] == 2_000 + 20 * 100  # quick: per run, one run
+    published = [f for f in mqtt["figures"] if f["name"].endswith("(broker PUBACKs)")]
+    assert len(published) == 2 and all(f["median"] > 0 for f in published)
 
 
 def test_service_never_loads_the_benchmarks() -> None:

@@ -12,7 +12,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.readings.registers import Point, derive
-from tests.support import hour_ago, iso, meter, vehicle
+from tests.support import hour_ago, iso, meter, rollups_equal_raw, vehicle
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T0 = hour_ago(30).replace(minute=0, second=0)
@@ -48,18 +48,6 @@ def _window(hours: int = 12) -> str:
     return f"from={iso(T0)}&to={iso(T0 + timedelta(hours=hours))}"
 
 
-def _rollups_equal_raw(db: Conn) -> None:
-    for kind, energy in (("meter", "kwh_consumed_ac"), ("vehicle", "kwh_delivered_dc")):
-        diff = db.execute(
-            f"SELECT count(*) FROM (SELECT {kind}_key, date_trunc('hour', ts, 'UTC') AS hour, count(*) AS n,"
-            f" sum({energy}::numeric) AS kwh, sum(coalesce(excluded_kwh, 0)::numeric) AS x FROM {kind}_readings"
-            f" GROUP BY 1, 2) r FULL JOIN {kind}_hourly h USING ({kind}_key, hour)"
-            " WHERE r.n IS DISTINCT FROM h.readings OR r.kwh IS DISTINCT FROM h.kwh"
-            " OR r.x IS DISTINCT FROM h.excluded_kwh"
-        ).fetchone()
-        assert diff == (0,), kind
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_counter_rules_whatever_the_order(client: TestClient[Any], db: Conn, seed: int) -> None:
     readings = [register_meter("REG-1", T0 + timedelta(hours=h), total) for h, total in enumerate(SEQUENCE)]
@@ -70,7 +58,7 @@ def test_the_counter_rules_whatever_the_order(client: TestClient[Any], db: Conn,
     assert report["readings"] == len(SEQUENCE)
     assert [p["totalKwh"] for p in report["series"]][: len(ENERGY)] == ENERGY
     assert report["excludedKwh"] == EXCLUDED
-    _rollups_equal_raw(db)
+    rollups_equal_raw(db)
 
     events = client.get("/v1/meters/REG-1/resets").json()
     assert [(e["event"], e["timestamp"], e["previous"]) for e in events] == [
@@ -95,7 +83,7 @@ def test_a_late_reading_splits_the_interval_it_lands_in(client: TestClient[Any],
     after = client.get(f"/v1/analytics/meters/REG-2?{_window()}&bucket=1h").json()
     assert [p["totalKwh"] for p in after["series"]][:3] == [0, 1, 3]
     assert after["totalKwh"] == 4
-    _rollups_equal_raw(db)
+    rollups_equal_raw(db)
 
 
 def test_vehicles_take_registers_too_and_efficiency_follows(client: TestClient[Any], db: Conn) -> None:
@@ -156,7 +144,7 @@ def test_randomized_registers_equal_the_time_sorted_answer(client: TestClient[An
     sequences = {f"RND-{n}": _random_registers(rng, 60) for n in range(6)}
     readings = [register_meter(d, ts, v) for d, seq in sequences.items() for ts, v in seq]
     _send_shuffled(client, readings, seed=11)
-    _rollups_equal_raw(db)
+    rollups_equal_raw(db)
     for device, seq in sequences.items():
         derived, _ = derive([Point(ts, v) for ts, v in seq], None, MAX_KW)
         stored = db.execute(
@@ -201,7 +189,7 @@ def test_concurrent_writers_of_one_register_device_agree(client: TestClient[Any]
     assert [(round(e, 9), round(x, 9)) for e, x in stored] == [
         (round(d.energy, 9), round(d.excluded, 9)) for d in derived
     ]
-    _rollups_equal_raw(db)
+    rollups_equal_raw(db)
 
 
 def test_deleting_register_readings_resettles_what_follows(client: TestClient[Any], db: Conn) -> None:
@@ -222,7 +210,7 @@ def test_deleting_register_readings_resettles_what_follows(client: TestClient[An
     # 15 now rises from 10: the energy of the deleted interval is not lost, only attributed later.
     series = client.get(f"/v1/analytics/meters/DEL-R?{window}").json()["series"]
     assert [p["totalKwh"] for p in series][:4] == [0, 0, 5, 1]
-    _rollups_equal_raw(db)
+    rollups_equal_raw(db)
 
 
 def test_reports_say_what_they_left_out(client: TestClient[Any], db: Conn) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from litestar.testing import TestClient
 
-from tests.support import hour_ago, iso, meter, vehicle
+from tests.support import hour_ago, iso, meter, rollups_equal_raw, vehicle
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 BASE = hour_ago(6).replace(minute=0, second=0)
@@ -20,17 +20,6 @@ BASE = hour_ago(6).replace(minute=0, second=0)
 def _delete(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "energy_ingest.cli", "readings", "delete", "--database-url", database_url, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
-
-
-def _rollups_equal_raw(db: Conn) -> None:
-    for kind, energy in (("meter", "kwh_consumed_ac"), ("vehicle", "kwh_delivered_dc")):
-        diff = db.execute(
-            f"SELECT count(*) FROM (SELECT {kind}_key, date_trunc('hour', ts, 'UTC') AS hour, count(*) AS n,"
-            f" sum({energy}::numeric) AS kwh FROM {kind}_readings GROUP BY 1, 2) r"
-            f" FULL JOIN {kind}_hourly h USING ({kind}_key, hour)"
-            " WHERE r.n IS DISTINCT FROM h.readings OR r.kwh IS DISTINCT FROM h.kwh"
-        ).fetchone()
-        assert diff == (0,), kind
 
 
 def test_delete_keeps_rollups_windows_and_live_state_exact(
@@ -57,7 +46,7 @@ def test_delete_keeps_rollups_windows_and_live_state_exact(
     assert after["totalDc"] == round(15 * 0.9, 6)
     assert after["readings"] == {"meter": 30, "vehicle": 15}
     assert [p["totalDc"] for p in after["series"]] == [5.4, 5.4, 2.7, 0.0, 0.0, 0.0]
-    _rollups_equal_raw(db)
+    rollups_equal_raw(db)
     # Live state falls back to the newest reading that remains.
     live = client.get("/v1/vehicles/V-1/live").json()
     assert live["timestamp"] == iso(cut - timedelta(minutes=10))
