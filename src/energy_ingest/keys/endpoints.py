@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Response, delete, get, post
-from litestar.params import PathParameter
+from litestar.params import JSONBody, PathParameter
 
 from energy_ingest.http.context import ServicesDep
 from energy_ingest.http.openapi import DATABASE_DOWN, ProblemOperation, problems
@@ -33,7 +33,7 @@ class KeyRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     operation_class=ProblemOperation,
     responses=problems({400: "Bad name, scopes, device or rate limit", **_AUTH, 503: DATABASE_DOWN}),
 )
-async def create_key(services: ServicesDep, data: KeyRequest) -> NewKey:
+async def create_key(services: ServicesDep, data: JSONBody[KeyRequest]) -> NewKey:
     async with services.pool.connection() as conn:
         new = await service.create(conn, data.name, data.scopes, device_id=data.device_id, rate_limit=data.rate_limit)
         await services.keys.refresh(conn)
