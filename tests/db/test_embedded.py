@@ -339,3 +339,25 @@ def test_as_root_an_unknown_embedded_user_is_refused(embedded_data_dir: Path) ->
     assert run.returncode != 0
     assert "EMBEDDED_USER='no-such-user-here' does not exist" in run.stderr
     assert not (embedded_data_dir / "pgdata").exists()
+
+
+@needs_root
+def test_as_root_binaries_the_embedded_user_cannot_reach_are_run_from_a_copy_in_data_dir(
+    embedded_data_dir: Path,
+) -> None:
+    """A virtual environment under a private folder (/root is 0700): the server still starts, from a
+    copy of the binaries inside DATA_DIR, and no folder outside DATA_DIR is opened up."""
+    package = binaries_dir().parent.parent  # site-packages/pgserver
+    mode = stat.S_IMODE(package.stat().st_mode)
+    package.chmod(0o700)
+    server = EmbeddedPostgres(embedded_data_dir)
+    try:
+        server.start()
+        assert server.is_running()
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert (embedded_data_dir / "pg" / "pgserver" / "pginstall" / "bin" / "postgres").is_file()
+        assert stat.S_IMODE(package.stat().st_mode) == 0o700  # still private: nothing outside DATA_DIR changed
+    finally:
+        server.stop()
+        package.chmod(mode)

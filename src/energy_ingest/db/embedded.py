@@ -79,6 +79,17 @@ def binaries_dir() -> Path:
     return bin_dir
 
 
+def _binary_paths(bin_dir: Path) -> list[Path]:
+    """What the embedded user must reach to run the installation's server."""
+    install = bin_dir.parent
+    return [
+        *_ancestors(bin_dir),
+        *(bin_dir / n for n in ("initdb", "pg_ctl", "postgres")),
+        install / "lib",
+        install / "share",
+    ]
+
+
 def default_user() -> str:
     return os.environ.get("EMBEDDED_USER") or "nobody"
 
@@ -139,6 +150,7 @@ class EmbeddedPostgres:
         self._lock_fd: int | None = None
         self._run_as: _RunAs | None = None
         self._checked = False
+        self._bin_dir: Path | None = None
         self._mutex = threading.RLock()
 
     @property
@@ -202,6 +214,10 @@ class EmbeddedPostgres:
 
     # -- checks --------------------------------------------------------------------------------------
 
+    def _binaries(self) -> Path:
+        self._check_environment()
+        return self._bin_dir or binaries_dir()
+
     def _check_environment(self) -> None:
         if self._checked:
             return
@@ -214,12 +230,6 @@ class EmbeddedPostgres:
             )
         if os.geteuid() == 0:
             self._run_as = self._resolve_user()
-            install = bin_dir.parent
-            paths = [*_ancestors(bin_dir), *(bin_dir / n for n in ("initdb", "pg_ctl", "postgres"))]
-            paths += [install / "lib", install / "share"]
-            culprit = self._unreachable(paths)
-            if culprit is not None:
-                raise EmbeddedError(self._refusal(culprit, "the PostgreSQL binaries of the pgserver package"))
             culprit = self._unreachable(_ancestors(_existing(self.data_dir)))
             if culprit is not None:
                 raise EmbeddedError(self._refusal(culprit, f"DATA_DIR {self.data_dir}"))
@@ -228,7 +238,34 @@ class EmbeddedPostgres:
             culprit = self._unreachable(_ancestors(self.data_dir))  # directories mkdir just made, umask permitting
             if culprit is not None:
                 raise EmbeddedError(self._refusal(culprit, f"DATA_DIR {self.data_dir}"))
+            if self._unreachable(_binary_paths(bin_dir)) is not None:
+                # A virtual environment under a private folder (/root is 0700): run a copy kept inside
+                # DATA_DIR rather than open up any folder outside it.
+                bin_dir = self._copy_binaries(bin_dir)
+                culprit = self._unreachable(_binary_paths(bin_dir))
+                if culprit is not None:
+                    raise EmbeddedError(self._refusal(culprit, "the PostgreSQL binaries copied into DATA_DIR"))
+        self._bin_dir = bin_dir
         self._checked = True
+
+    def _copy_binaries(self, bin_dir: Path) -> Path:
+        """pgserver's PostgreSQL installation copied into DATA_DIR/pg (again when the package changes),
+        laid out as in site-packages: the binaries find their libraries at `$ORIGIN/../../../pgserver.libs`."""
+        install = bin_dir.parent  # site-packages/pgserver/pginstall
+        site = install.parent.parent
+        target = self.data_dir / "pg"
+        marker = target / ".copied-from"
+        stamp = f"{install} {(bin_dir / 'postgres').stat().st_mtime_ns}"
+        if not (marker.is_file() and marker.read_text() == stamp):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(install, target / "pgserver" / "pginstall", symlinks=True)
+            if (site / "pgserver.libs").is_dir():
+                shutil.copytree(site / "pgserver.libs", target / "pgserver.libs", symlinks=True)
+            for folder in (target, target / "pgserver"):
+                os.chmod(folder, 0o755)
+            marker.write_text(stamp)
+            log.info("copied the PostgreSQL binaries into %s, where %s can run them", target, self.user)
+        return target / "pgserver" / "pginstall" / "bin"
 
     def _resolve_user(self) -> _RunAs:
         try:
@@ -403,7 +440,7 @@ class EmbeddedPostgres:
         self._own(staging)
         log.info("creating the embedded PostgreSQL cluster in %s", self.pgdata)
         args = ["-D", str(staging), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C"]
-        done = self._run([str(binaries_dir() / "initdb"), *args, "--no-instructions"], timeout=300)
+        done = self._run([str(self._binaries() / "initdb"), *args, "--no-instructions"], timeout=300)
         if done.returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
             raise EmbeddedError(f"initdb failed: {done.stdout.strip()}")
@@ -411,7 +448,7 @@ class EmbeddedPostgres:
 
     def _pg_ctl_start(self) -> None:
         options = shlex.join(["-h", "", "-k", str(self.run_dir), "-p", str(PORT)])  # socket only, no TCP
-        command = [str(binaries_dir() / "pg_ctl"), "start", "-D", str(self.pgdata), "-w", "-s"]
+        command = [str(self._binaries() / "pg_ctl"), "start", "-D", str(self.pgdata), "-w", "-s"]
         command += ["-t", str(START_TIMEOUT_S), "-l", str(self.log_file), "-o", options]
         try:
             done = self._run(command, timeout=START_TIMEOUT_S + 10)
