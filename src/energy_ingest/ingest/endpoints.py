@@ -137,7 +137,7 @@ def operation() -> PathItem:
     return PathItem(post=op)
 
 
-@asgi(PATH, is_mount=False, opt={"scope": "ingest"})
+@asgi(PATH, is_mount=False, copy_scope=False, opt={"scope": "ingest"})  # reads the principal the guard set
 async def ingest(scope: Scope, receive: Receive, send: Send) -> None:
     services: Services = scope["app"].state.services
     method: str = scope.get("method", "")  # type: ignore[assignment]
