@@ -156,6 +156,16 @@ def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert "PORT='eighty'" in run.stderr
 
 
+def test_a_time_zone_that_does_not_exist_is_a_clear_error() -> None:
+    env = _env() | {"MQTT_LOCAL_TZ": "Mars/Olympus"}
+    run = subprocess.run(
+        [sys.executable, "-m", "energy_ingest.cli", "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode != 0
+    assert "MQTT_LOCAL_TZ='Mars/Olympus' is not an IANA time zone" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
     env = _env() | {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{_free_port()}/none?connect_timeout=2"}
     run = subprocess.run(

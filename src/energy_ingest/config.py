@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class SettingsError(ValueError):
@@ -136,6 +137,10 @@ class Settings:
                     f" not on {self.host}: anyone who reaches the port could write and read everything",
                 )
             )
+        try:
+            ZoneInfo(self.mqtt_local_tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            checks.append((False, f"MQTT_LOCAL_TZ={self.mqtt_local_tz!r} is not an IANA time zone"))
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
