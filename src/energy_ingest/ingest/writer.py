@@ -284,51 +284,34 @@ class GroupCommitWriter:
                 self._observer.flushed(replace(stats, seconds=asyncio.get_running_loop().time() - started))
 
     async def _admit(self, group: list[_Request]) -> list[_Request]:
-        """The requests whose devices report energy in the form they started with; the others fail."""
-        wanted: dict[DeviceKind, dict[str, str]] = {"meter": {}, "vehicle": {}}
+        """The requests whose devices report energy in the form they started with; the others fail.
+
+        One pass over the readings against the forms this process knows; the database is asked only
+        about devices it has not seen (their first reading fixes the form), and only their requests
+        are checked again.
+        """
+        known = {stream.kind: self._registry.cached_forms(stream.kind) for stream in _STREAMS}
+        unseen: dict[DeviceKind, dict[str, str]] = {"meter": {}, "vehicle": {}}
+        failed: set[int] = set()
+        undecided = []
         for request in group:
-            for stream in _STREAMS:
-                for reading in stream.readings(request.batch):
-                    wanted[stream.kind].setdefault(stream.device(reading), stream.form(reading))
-        known = {kind: self._registry.cached_forms(kind) for kind in wanted}
-        if any(i not in known[kind] for kind, ids in wanted.items() for i in ids):
+            wrong = _wrong_form(request, known, unseen)
+            if wrong is True:
+                undecided.append(request)
+            elif isinstance(wrong, InvalidInput):
+                failed.add(id(request))
+                request.future.set_exception(wrong)  # its share of the pending counts goes in _flush
+        if undecided:
             async with self._pool.connection() as conn:
-                for kind, ids in wanted.items():
+                for kind, ids in unseen.items():
                     if ids:
                         known[kind] = await self._registry.forms(conn, kind, ids)
-        admitted = []
-        for request in group:
-            wrong = self._wrong_form(request, known)
-            if wrong is None:
-                admitted.append(request)
-            elif not request.future.done():
-                request.future.set_exception(wrong)  # its share of the pending counts goes in _flush
-        return admitted
-
-    @staticmethod
-    def _wrong_form(request: _Request, known: dict[DeviceKind, dict[str, str]]) -> InvalidInput | None:
-        for stream in _STREAMS:
-            kind = stream.kind_of
-            for reading in stream.readings(request.batch):
-                device = stream.device(reading)
-                form = known[stream.kind].get(device)
-                if form is None or form == stream.form(reading):
-                    continue
-                given, kept = (
-                    (kind.register.api, kind.energy.api) if form == "interval" else (kind.energy.api, kind.register.api)
-                )
-                return InvalidInput(
-                    "A reading is in the other energy form than its device's; nothing was stored.",
-                    errors=[
-                        {
-                            "field": given,
-                            "deviceId": device,
-                            "reason": f"{kind.name} {device} reports {kept}; a device keeps the form it started "
-                            "with, so that energy is never counted twice",
-                        }
-                    ],
-                )
-        return None
+            for request in undecided:
+                wrong = _wrong_form(request, known, None)
+                if isinstance(wrong, InvalidInput):
+                    failed.add(id(request))
+                    request.future.set_exception(wrong)
+        return [r for r in group if id(r) not in failed] if failed else group
 
     def _fail(self, group: list[_Request], exc: BaseException) -> None:
         for request in group:
@@ -473,6 +456,40 @@ def _stream(kind: Kind, sql: repo.StreamSQL, readings: Callable[[DecodedBatch], 
 METERS = _stream(METER, repo.METER_SQL, lambda b: b.meters)
 VEHICLES = _stream(VEHICLE, repo.VEHICLE_SQL, lambda b: b.vehicles)
 _STREAMS = (METERS, VEHICLES)
+
+
+def _wrong_form(
+    request: _Request, known: dict[DeviceKind, dict[str, str]], unseen: dict[DeviceKind, dict[str, str]] | None
+) -> InvalidInput | bool | None:
+    """The error for a reading in the other energy form than its device's; True when some device's form
+    is not known yet (noted in `unseen`, first reading first); None when all is well."""
+    undecided = False
+    for stream in _STREAMS:
+        kind, forms = stream.kind_of, known[stream.kind]
+        for reading in stream.readings(request.batch):
+            device = stream.device(reading)
+            form = forms.get(device)
+            if form is None:
+                if unseen is not None:
+                    unseen[stream.kind].setdefault(device, stream.form(reading))
+                    undecided = True
+                continue
+            if form == stream.form(reading):
+                continue
+            pair = (kind.register.api, kind.energy.api)
+            given, kept = pair if form == "interval" else pair[::-1]
+            return InvalidInput(
+                "A reading is in the other energy form than its device's; nothing was stored.",
+                errors=[
+                    {
+                        "field": given,
+                        "deviceId": device,
+                        "reason": f"{kind.name} {device} reports {kept}; a device keeps the form it started "
+                        "with, so that energy is never counted twice",
+                    }
+                ],
+            )
+    return undecided or None
 
 
 def _registered(rows: list[tuple[Any, ...]]) -> list[int]:
