@@ -44,14 +44,23 @@ def vehicle(
 
 
 def rollups_equal_raw(db: psycopg.Connection[tuple[Any, ...]]) -> None:
-    """Every rollup hour holds exactly the count, energy and left-out energy of its raw readings."""
-    for kind, energy in (("meter", "kwh_consumed_ac"), ("vehicle", "kwh_delivered_dc")):
+    """Every rollup hour holds exactly the count, energy and left-out energy of its raw readings, and the
+    sum, min, max and count of the value reports summarize (a meter's voltage: over the readings that had one)."""
+    kinds = (
+        ("meter", "kwh_consumed_ac", "voltage", "voltage", "voltage_readings"),
+        ("vehicle", "kwh_delivered_dc", "battery_temp", "temp", "readings"),
+    )
+    for kind, energy, value, stem, counted in kinds:
         diff = db.execute(
             f"SELECT count(*) FROM (SELECT {kind}_key, date_trunc('hour', ts, 'UTC') AS hour, count(*) AS n,"
-            f" sum({energy}::numeric) AS kwh, sum(coalesce(excluded_kwh, 0)::numeric) AS x FROM {kind}_readings"
+            f" sum({energy}::numeric) AS kwh, sum(coalesce(excluded_kwh, 0)::numeric) AS x,"
+            f" coalesce(sum({value}::numeric), 0) AS v_sum, min({value}) AS v_min, max({value}) AS v_max,"
+            f" count({value}) AS v_n FROM {kind}_readings"
             f" GROUP BY 1, 2) r FULL JOIN {kind}_hourly h USING ({kind}_key, hour)"
             " WHERE r.n IS DISTINCT FROM h.readings OR r.kwh IS DISTINCT FROM h.kwh"
             " OR r.x IS DISTINCT FROM h.excluded_kwh"
+            " OR (r.v_sum, r.v_min, r.v_max, r.v_n)"
+            f" IS DISTINCT FROM (h.{stem}_sum, h.{stem}_min, h.{stem}_max, h.{counted})"
         ).fetchone()
         assert diff == (0,), kind
 

@@ -40,6 +40,10 @@ class Kind:
     register: Value  # the cumulative register a reading may carry instead of its energy
     summarized: str  # the value reports give min / avg / max of (voltage, battery temperature)
     summary: str  # its rollup columns' stem: `{summary}_sum`, `_min`, `_max`
+    # The rollup column counting the readings that carried the summarized value: what its average
+    # divides by. `readings` when every reading carries it; a reading without it (NULL) counts in
+    # `readings` (and its energy in `kwh`) but not here.
+    summary_readings: str
     aggregates: tuple[Aggregate, ...]  # after (key, hour), in the rollup table's column order
 
     @property
@@ -89,13 +93,17 @@ METER = Kind(
     register=Value("kwh_consumed_ac_total", "kwhConsumedAcTotal", "float8"),
     summarized="voltage",
     summary="voltage",
+    summary_readings="voltage_readings",
     aggregates=(
         Aggregate("readings", "count(*)::int", "h.readings + EXCLUDED.readings"),
         _sum("kwh", "kwh_consumed_ac"),
         _sum("excluded_kwh", "coalesce(excluded_kwh, 0)"),
-        _sum("voltage_sum", "voltage"),
+        # A reading may lack voltage (OCPP): an hour without any sums to 0, not NULL, so merges add up;
+        # min/max stay NULL there, and least/greatest skip NULL.
+        _sum("voltage_sum", "coalesce(voltage, 0)"),
         Aggregate("voltage_min", "min(voltage)", "least(h.voltage_min, EXCLUDED.voltage_min)"),
         Aggregate("voltage_max", "max(voltage)", "greatest(h.voltage_max, EXCLUDED.voltage_max)"),
+        Aggregate("voltage_readings", "count(voltage)::int", "h.voltage_readings + EXCLUDED.voltage_readings"),
     ),
 )
 
@@ -110,6 +118,7 @@ VEHICLE = Kind(
     register=Value("kwh_delivered_dc_total", "kwhDeliveredDcTotal", "float8"),
     summarized="battery_temp",
     summary="temp",
+    summary_readings="readings",  # battery temperature is always there
     aggregates=(
         Aggregate("readings", "count(*)::int", "h.readings + EXCLUDED.readings"),
         _sum("kwh", "kwh_delivered_dc"),

@@ -127,7 +127,7 @@ def _vehicle(row: FleetRow, below: float) -> FleetVehicle:
         total_ac=round_kwh(row.ac_kwh),
         total_dc=round_kwh(row.dc_kwh),
         efficiency=efficiency,
-        avg_battery_temp=mean(row.temp_sum or Decimal(0), row.dc_readings),
+        avg_battery_temp=mean(row.temp_sum or Decimal(0), row.temp_readings),
         status=status,
         readings=ReadingCounts(meter=row.ac_readings, vehicle=row.dc_readings),
         excluded_ac=shown(row.ac_excluded),

@@ -51,11 +51,13 @@ class Sums:
     value_min: float | None = None
     value_max: float | None = None
     excluded: Decimal = Decimal(0)  # implausible register rises, left out of `kwh`
+    value_readings: int = 0  # the readings that carried the value: what its average divides by
 
-    def add(self, n: int, kwh: Decimal, value_sum: Decimal, lo: float | None, hi: float | None) -> None:
+    def add(self, n: int, kwh: Decimal, value_sum: Decimal, lo: float | None, hi: float | None, value_n: int) -> None:
         self.readings += n
         self.kwh += kwh
         self.value_sum += value_sum
+        self.value_readings += value_n
         if lo is not None:
             self.value_min = lo if self.value_min is None else min(self.value_min, lo)
         if hi is not None:
@@ -77,7 +79,7 @@ class Series:
     def total(self) -> Sums:
         total = Sums()
         for s in self.buckets.values():
-            total.add(s.readings, s.kwh, s.value_sum, s.value_min, s.value_max)
+            total.add(s.readings, s.kwh, s.value_sum, s.value_min, s.value_max, s.value_readings)
             total.excluded += s.excluded
         return total
 
@@ -92,6 +94,7 @@ class _Table:
     value_sum: str
     value_min: str
     value_max: str
+    value_readings: str  # the rollup column counting readings that carried the value
 
 
 def _table(kind: Kind) -> _Table:
@@ -104,6 +107,7 @@ def _table(kind: Kind) -> _Table:
         f"{kind.summary}_sum",
         f"{kind.summary}_min",
         f"{kind.summary}_max",
+        kind.summary_readings,
     )
 
 
@@ -141,20 +145,21 @@ def _ranges(column: str, ranges: list[Range], params: _Params) -> str:
 def device_parts(
     table: _Table, key: int, cover: Cover, bucket: Bucket | None, params: _Params, tag: int = 0
 ) -> list[str]:
-    """SELECTs of one device's sums per bucket over `cover`: (tag, bucket, n, kwh, sum, min, max, excluded)."""
+    """SELECTs of one device's sums per bucket over `cover`:
+    (tag, bucket, n, kwh, sum, min, max, excluded, readings that carried the value)."""
     parts = []
     k = params.add(key)
     if cover.hours:
         parts.append(
             f"SELECT {tag}, {bucket_sql(bucket, 'hour')}, sum(readings)::bigint, sum(kwh), sum({table.value_sum}),"
-            f" min({table.value_min}), max({table.value_max}), sum(excluded_kwh)"
+            f" min({table.value_min}), max({table.value_max}), sum(excluded_kwh), sum({table.value_readings})::bigint"
             f" FROM {table.hourly} WHERE {table.key} = {k} AND ({_ranges('hour', cover.hours, params)}) GROUP BY 2"
         )
     if cover.raw:
         parts.append(
             f"SELECT {tag}, {bucket_sql(bucket, 'ts')}, count(*), sum({table.kwh}::numeric),"
             f" sum({table.value}::numeric), min({table.value}), max({table.value}),"
-            " sum(coalesce(excluded_kwh, 0)::numeric)"
+            f" sum(coalesce(excluded_kwh, 0)::numeric), count({table.value})"
             f" FROM {table.raw} WHERE {table.key} = {k} AND ({_ranges('ts', cover.raw, params)}) GROUP BY 2"
         )
     return parts
@@ -181,9 +186,9 @@ async def run_series(conn: Conn, statement: Statement | None, tags: int) -> list
     if statement is None:
         return result
     cur = await conn.execute(statement.sql.encode(), statement.params)
-    for tag, bucket, n, kwh, value_sum, lo, hi, excluded in await cur.fetchall():
+    for tag, bucket, n, kwh, value_sum, lo, hi, excluded, value_n in await cur.fetchall():
         sums = result[tag].at(bucket)
-        sums.add(int(n), kwh or Decimal(0), value_sum or Decimal(0), lo, hi)
+        sums.add(int(n), kwh or Decimal(0), value_sum or Decimal(0), lo, hi, int(value_n))
         sums.excluded += excluded or Decimal(0)
     return result
 
@@ -247,7 +252,8 @@ def fleet_statement(
     ac_parts = []
     if window.hours:
         dc_parts.append(
-            "SELECT vehicle_key, readings AS n, kwh, temp_sum AS temp, excluded_kwh FROM vehicle_hourly"
+            f"SELECT vehicle_key, readings AS n, kwh, {VEHICLES.value_sum} AS temp,"
+            f" {VEHICLES.value_readings} AS temp_n, excluded_kwh FROM vehicle_hourly"
             f" WHERE {_ranges('hour', window.hours, params)}"
         )
         ac_parts.append(
@@ -257,8 +263,8 @@ def fleet_statement(
         )
     if window.raw:
         dc_parts.append(
-            "SELECT vehicle_key, 1, kwh_delivered_dc::numeric, battery_temp::numeric,"
-            " coalesce(excluded_kwh, 0)::numeric FROM vehicle_readings"
+            f"SELECT vehicle_key, 1, kwh_delivered_dc::numeric, {VEHICLES.value}::numeric,"
+            f" ({VEHICLES.value} IS NOT NULL)::int, coalesce(excluded_kwh, 0)::numeric FROM vehicle_readings"
             f" WHERE {_ranges('ts', window.raw, params)}"
         )
     if ac_raw:
@@ -268,7 +274,7 @@ def fleet_statement(
             " ON r.meter_key = s.meter_key AND r.ts >= s.lo AND r.ts < s.hi AND (r.ts < s.hlo OR r.ts >= s.hhi)"
             f" WHERE {_ranges('r.ts', ac_raw, params)}"
         )
-    empty_dc = "SELECT NULL::int, 0, 0::numeric, 0::numeric, 0::numeric WHERE false"
+    empty_dc = "SELECT NULL::int, 0, 0::numeric, 0::numeric, 0, 0::numeric WHERE false"
     empty_ac = "SELECT NULL::text, 0, 0::numeric, 0::numeric WHERE false"
     cursor = "true"
     if after is not None:
@@ -289,8 +295,10 @@ WITH segments AS (
     WHERE l.valid_from < %(hi)s AND (l.valid_to IS NULL OR l.valid_to > %(lo)s)
 ),
 dc AS (
-    SELECT vehicle_key, sum(n)::bigint AS n, sum(kwh) AS kwh, sum(temp) AS temp, sum(excluded) AS excluded
-    FROM ({" UNION ALL ".join(dc_parts) or empty_dc}) x(vehicle_key, n, kwh, temp, excluded) GROUP BY vehicle_key
+    SELECT vehicle_key, sum(n)::bigint AS n, sum(kwh) AS kwh, sum(temp) AS temp, sum(temp_n)::bigint AS temp_n,
+           sum(excluded) AS excluded
+    FROM ({" UNION ALL ".join(dc_parts) or empty_dc}) x(vehicle_key, n, kwh, temp, temp_n, excluded)
+    GROUP BY vehicle_key
 ),
 ac AS (
     SELECT vehicle_id, sum(n)::bigint AS n, sum(kwh) AS kwh, sum(excluded) AS excluded
@@ -304,10 +312,11 @@ linked AS (  -- meters in the order the vehicle was linked to them, as in its pe
 fleet AS (
     -- Vehicles with readings in the window, or linked during it even if they never reported.
     SELECT coalesce(d.vehicle_id, linked.vehicle_id) AS vehicle_id, coalesce(linked.meter_ids, '{{}}') AS meter_ids,
-           coalesce(d.n, 0) AS dc_n, coalesce(d.kwh, 0) AS dc_kwh, d.temp,
+           coalesce(d.n, 0) AS dc_n, coalesce(d.kwh, 0) AS dc_kwh, d.temp, coalesce(d.temp_n, 0) AS temp_n,
            coalesce(ac.n, 0) AS ac_n, coalesce(ac.kwh, 0) AS ac_kwh,
            coalesce(d.excluded, 0) AS dc_excluded, coalesce(ac.excluded, 0) AS ac_excluded
-    FROM (SELECT v.vehicle_id, dc.n, dc.kwh, dc.temp, dc.excluded FROM dc JOIN vehicles v USING (vehicle_key)) d
+    FROM (SELECT v.vehicle_id, dc.n, dc.kwh, dc.temp, dc.temp_n, dc.excluded
+          FROM dc JOIN vehicles v USING (vehicle_key)) d
     FULL JOIN linked ON linked.vehicle_id = d.vehicle_id
     LEFT JOIN ac ON ac.vehicle_id = coalesce(d.vehicle_id, linked.vehicle_id)
 ),
@@ -323,7 +332,8 @@ sorted AS (
 )
 -- One row at least, so the total comes back even for a page past the last vehicle.
 SELECT page.vehicle_id, page.meter_ids, page.dc_n, page.dc_kwh, page.temp, page.ac_n, page.ac_kwh,
-       page.efficiency, page.insufficient, page.sort_efficiency, counted.total, page.dc_excluded, page.ac_excluded
+       page.efficiency, page.insufficient, page.sort_efficiency, counted.total, page.dc_excluded, page.ac_excluded,
+       page.temp_n
 FROM (SELECT count(*) AS total FROM sorted) counted
 LEFT JOIN LATERAL (
     SELECT * FROM sorted WHERE {cursor} ORDER BY insufficient, sort_efficiency, vehicle_id LIMIT %(limit)s
@@ -347,6 +357,7 @@ class FleetRow:
     sort_efficiency: Decimal
     dc_excluded: Decimal = Decimal(0)
     ac_excluded: Decimal = Decimal(0)
+    temp_readings: int = 0  # the DC readings that carried a battery temperature (every one, so far)
 
 
 async def fleet_rows(conn: Conn, statement: Statement) -> tuple[int, list[FleetRow]]:
@@ -355,7 +366,9 @@ async def fleet_rows(conn: Conn, statement: Statement) -> tuple[int, list[FleetR
     rows = await cur.fetchall()
     total = int(rows[0][10]) if rows else 0
     page = [
-        FleetRow(r[0], list(r[1]), int(r[2]), r[3], r[4], int(r[5]), r[6], r[7], bool(r[8]), r[9], r[11], r[12])
+        FleetRow(
+            r[0], list(r[1]), int(r[2]), r[3], r[4], int(r[5]), r[6], r[7], bool(r[8]), r[9], r[11], r[12], int(r[13])
+        )
         for r in rows
         if r[0] is not None
     ]

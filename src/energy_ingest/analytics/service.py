@@ -145,6 +145,7 @@ def shown(excluded: Decimal) -> float | msgspec.UnsetType:
 
 
 def mean(total: Decimal, n: int) -> float | None:
+    """`total` over `n`, the count of readings that carried the value (not every reading: see Kind.summary_readings)."""
     return None if n == 0 else _round(total / n, 3)
 
 
@@ -201,7 +202,7 @@ async def performance(pool: Pool, vehicle_id: str, window: Window, threshold: fl
         total_ac=round_kwh(ac_total.kwh),
         total_dc=round_kwh(dc_total.kwh),
         efficiency=efficiency,
-        avg_battery_temp=mean(dc_total.value_sum, dc_total.readings),
+        avg_battery_temp=mean(dc_total.value_sum, dc_total.value_readings),
         efficiency_alert=efficiency is not None and efficiency < threshold,
         readings=ReadingCounts(meter=ac_total.readings, vehicle=dc_total.readings),
         resolution="hour" if plan.widened else "reading",
@@ -217,12 +218,13 @@ def _point(start: datetime, dc: Sums, ac: Sums) -> PerformancePoint:
         total_ac=round_kwh(ac.kwh),
         total_dc=round_kwh(dc.kwh),
         efficiency=_efficiency(dc.kwh, ac.kwh),
-        avg_battery_temp=mean(dc.value_sum, dc.readings),
+        avg_battery_temp=mean(dc.value_sum, dc.value_readings),
     )
 
 
 def _voltage(s: Sums) -> VoltageStats:
-    return VoltageStats(min=s.value_min, avg=mean(s.value_sum, s.readings), max=s.value_max)
+    # Over the readings that carried a voltage only (an OCPP meter may give none); all null when none did.
+    return VoltageStats(min=s.value_min, avg=mean(s.value_sum, s.value_readings), max=s.value_max)
 
 
 async def meter_plan(conn: Conn, meter_id: str, window: Window) -> repository.Statement | None:

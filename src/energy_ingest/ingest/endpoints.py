@@ -25,7 +25,7 @@ from energy_ingest.http.openapi import BAD_PARAMETERS, DATABASE_DOWN, ProblemOpe
 from energy_ingest.http.params import MeterIdPath, VehicleIdPath, parse_instant
 from energy_ingest.http.problems import PROBLEM_JSON, ProblemDetails, to_problem
 from energy_ingest.ingest import repair
-from energy_ingest.kinds import METER, VEHICLE, KindName
+from energy_ingest.kinds import METER, VEHICLE, Kind, KindName
 from energy_ingest.readings.decode import decode_body
 from energy_ingest.readings.model import MeterReading, VehicleReading
 
@@ -51,12 +51,25 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
+def _require_values(schema: dict[str, Any], kind: Kind) -> None:
+    """The way in requires every measured value but the energy (the decoder does), though the model lets
+    a meter reading built inside the service (OCPP) carry no voltage: not null, and required, here."""
+    properties = schema["properties"]
+    for value in kind.values[1:]:
+        prop = properties[value.api]
+        if "anyOf" in prop:
+            (properties[value.api],) = [p for p in prop["anyOf"] if p.get("type") != "null"]
+    required = {*schema["required"], *(v.api for v in kind.values[1:])}
+    schema["required"] = [name for name in properties if name in required]  # in field order, as msgspec lists them
+
+
 def _reading_schema() -> dict[str, Any]:
     # One schema per kind: msgspec cannot express an untagged union of two Structs, and `type` is optional.
     kinds = []
     for tp, kind in ((MeterReading, METER), (VehicleReading, VEHICLE)):
         raw = msgspec.json.schema(tp)
         schema = _inline(raw, raw.get("$defs", {}))
+        _require_values(schema, kind)
         # Exactly one of the energy pair: the interval's energy or the cumulative register.
         schema["oneOf"] = [{"required": [kind.energy.api]}, {"required": [kind.register.api]}]
         kinds.append(schema)

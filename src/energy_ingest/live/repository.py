@@ -10,10 +10,11 @@ import msgspec
 
 from energy_ingest.db.pool import Pool
 from energy_ingest.kinds import METER, VEHICLE, Kind
-from energy_ingest.readings.model import MeterReading, VehicleReading
+from energy_ingest.readings.model import MeterReading, VehicleReading, Voltage
 
 
 class MeterLive(MeterReading, kw_only=True):
+    voltage: Voltage | None  # always in the answer: null when the newest reading carried none
     received_at: datetime
 
 
@@ -47,7 +48,7 @@ def _mapper(kind: Kind, live: type[LiveT]) -> Callable[[tuple[Any, ...]], LiveT]
     def to_live(row: tuple[Any, ...]) -> LiveT:
         device_id, ts, received_at, register, *values = row
         fields: dict[str, Any] = {
-            c: v if e else _f4(v) for c, v, e in zip(kind.value_columns, values, exact, strict=True)
+            c: v if e or v is None else _f4(v) for c, v, e in zip(kind.value_columns, values, exact, strict=True)
         }
         fields |= {kind.id_column: device_id, "timestamp": ts, "received_at": received_at}
         if register is not None:  # a register device: its latest register, and the energy derived from it

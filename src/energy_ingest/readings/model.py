@@ -50,7 +50,9 @@ class MeterReading(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_
     # Exactly one of the pair: the interval's energy, or the register it is derived from.
     kwh_consumed_ac: Energy | msgspec.UnsetType = msgspec.UNSET
     kwh_consumed_ac_total: Register | msgspec.UnsetType = msgspec.UNSET
-    voltage: Voltage
+    # None: the meter measures no voltage (an OCPP charger, built here by the writer's callers).
+    # The HTTP/MQTT decoder still requires it of every reading it takes.
+    voltage: Voltage | None = None
     timestamp: Timestamp
 
 
