@@ -30,7 +30,8 @@ KEYS: dict[str, str] = {}
 
 CLEAN = (
     "TRUNCATE meter_readings, vehicle_readings, meter_hourly, vehicle_hourly,"
-    " meter_live_status, vehicle_live_status, vehicle_meter_links, reading_deletions, register_events"
+    " meter_live_status, vehicle_live_status, vehicle_meter_links, reading_deletions, register_events,"
+    " chargers, charger_connectors, id_tags, charging_sessions"
 )
 
 

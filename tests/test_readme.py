@@ -74,9 +74,15 @@ def api_examples(markdown: str) -> list[Example]:
     return examples
 
 
+_HEREDOC = re.compile(r"<<-?\s*'?\"?(\w+)'?\"?")
+
+
 def _incomplete(command: str) -> bool:
     if command.rstrip().endswith(("\\", "|")):
         return True
+    heredoc = _HEREDOC.search(command.splitlines()[0])
+    if heredoc is not None:  # the command goes on up to the line that ends the here-document
+        return command.splitlines()[-1] != heredoc.group(1) or len(command.splitlines()) == 1
     try:
         shlex.split(command)
     except ValueError:  # an open quote: the command goes on on the next line
@@ -164,6 +170,11 @@ def test_parser_reads_multiline_commands() -> None:
         "intro\n## API\n```sh\n$ curl -s a -d '[\n  1]'\n[1]\n\n$ printf x |\n  curl -s b\nok\n```\n## Next\n"
     )
     assert examples == [Example("curl -s a -d '[\n  1]'", "[1]"), Example("printf x |\n  curl -s b", "ok")]
+
+
+def test_parser_reads_here_documents() -> None:
+    examples = api_examples("intro\n## API\n```sh\n$ python3 - <<'EOF'\nprint('it''s')\n\nEOF\nit's\n$ true\n```\n")
+    assert examples == [Example("python3 - <<'EOF'\nprint('it''s')\n\nEOF", "it's"), Example("true", "")]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,16 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from energy_ingest import __version__
 from energy_ingest.analytics.endpoints import fleet_report, meter_analytics, vehicle_performance
+from energy_ingest.chargers.endpoints import (
+    delete_charger,
+    delete_id_tag,
+    get_charger,
+    get_id_tag,
+    list_chargers,
+    list_id_tags,
+    put_id_tag,
+    register_charger,
+)
 from energy_ingest.config import Settings
 from energy_ingest.db.partitions import compact_closed_days, drop_expired
 from energy_ingest.db.pool import open_pool
@@ -45,7 +55,9 @@ from energy_ingest.live.endpoints import (
 )
 from energy_ingest.metrics import QUEUE
 from energy_ingest.mqtt.consumer import Consumer as MqttConsumer
+from energy_ingest.ocpp.gateway import Gateway
 from energy_ingest.readings.decode import rules_from
+from energy_ingest.sessions.endpoints import get_session, list_sessions
 
 log = logging.getLogger("energy_ingest")
 
@@ -111,6 +123,7 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             keys=keys,
             ingest=IngestService(writer, keys),
         )
+        services.websocket = Gateway(settings, pool, services.ingest)
         app.state.services = services
         writer.start()
         upkeep = asyncio.create_task(_keep_partitions(services), name="partition-upkeep")
@@ -157,6 +170,16 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             vehicle_live,
             meter_resets,
             vehicle_resets,
+            register_charger,
+            list_chargers,
+            get_charger,
+            delete_charger,
+            put_id_tag,
+            get_id_tag,
+            list_id_tags,
+            delete_id_tag,
+            list_sessions,
+            get_session,
             health,
             ready,
             metrics_endpoint,

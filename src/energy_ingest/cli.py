@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 
+from energy_ingest.chargers import service as chargers_service
 from energy_ingest.config import Settings, SettingsError
 from energy_ingest.db.embedded import STATE_ENV, EmbeddedError, EmbeddedPostgres, Supervisor
 from energy_ingest.db.migrate import apply_migrations
@@ -75,6 +76,28 @@ def _parser() -> argparse.ArgumentParser:
     revoke_cmd = keys_sub.add_parser("revoke", help="revoke a key by its prefix (ei_xxxxxxxx)")
     _database_flags(revoke_cmd)
     revoke_cmd.add_argument("prefix", metavar="PREFIX")
+
+    chargers = sub.add_parser("chargers", help="OCPP charge points: add, list, remove, new password")
+    chargers_sub = chargers.add_subparsers(dest="chargers_command", required=True)
+    add_cmd = chargers_sub.add_parser("add", help="register a charge point and print its OCPP password (once)")
+    _database_flags(add_cmd)
+    add_cmd.add_argument("charger_id", metavar="ID", help="the charge point id it connects with (/ocpp/ID)")
+    add_cmd.add_argument(
+        "--meter",
+        dest="meters",
+        action="append",
+        default=[],
+        metavar="CONNECTOR=METER",
+        help="book a connector on this meter id instead of ID-CONNECTOR (repeat for several)",
+    )
+    chargers_list = chargers_sub.add_parser("list", help="every charge point and when it was last heard")
+    _database_flags(chargers_list)
+    remove_cmd = chargers_sub.add_parser("remove", help="unregister a charge point (its data stays)")
+    _database_flags(remove_cmd)
+    remove_cmd.add_argument("charger_id", metavar="ID")
+    password_cmd = chargers_sub.add_parser("password", help="give a charge point a new password and print it")
+    _database_flags(password_cmd)
+    password_cmd.add_argument("charger_id", metavar="ID")
 
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _database_flags(migrate)
@@ -210,6 +233,40 @@ async def _keys(url: str, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _meters(pairs: list[str]) -> dict[int, str]:
+    meters = {}
+    for pair in pairs:
+        connector, sep, meter = pair.partition("=")
+        if not sep or not connector.strip().isdigit():
+            sys.exit(f"energy-ingest: --meter {pair!r} must be CONNECTOR=METER, e.g. 1=MTR-1001")
+        meters[int(connector)] = meter.strip()
+    return meters
+
+
+async def _chargers(url: str, args: argparse.Namespace) -> str:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True, options="-c TimeZone=UTC") as conn:
+        try:
+            if args.chargers_command == "add":
+                new = await chargers_service.register(conn, args.charger_id, meters=_meters(args.meters))
+                return new.password
+            if args.chargers_command == "password":
+                return (await chargers_service.new_password(conn, args.charger_id)).password
+            if args.chargers_command == "remove":
+                await chargers_service.remove(conn, args.charger_id)
+                return f"removed {args.charger_id}; it can no longer connect (its readings and sessions stay)"
+            rows = await chargers_service.page_on(conn, None, 100_000)
+        except DomainError as exc:
+            details = "; ".join(f"{e['field']}: {e['reason']}" for e in exc.errors or [])
+            sys.exit(f"energy-ingest: {exc}" + (f" ({details})" if details else ""))
+    lines = [f"{'CHARGER':<24} {'VENDOR':<16} {'MODEL':<16} {'BOOTED':<20} LAST SEEN"]
+    for c in rows:
+        lines.append(
+            f"{c.charger_id:<24} {(c.vendor or '-')[:16]:<16} {(c.model or '-')[:16]:<16} "
+            f"{_when(c.booted_at):<20} {_when(c.last_seen_at)}"
+        )
+    return "\n".join(lines)
+
+
 def _when(at: datetime | None) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if at else "-"
 
@@ -276,6 +333,10 @@ def main(argv: list[str] | None = None) -> None:
             url, _embedded = resolve_database(settings)
             _migrate(url)
             print(asyncio.run(_keys(url, args)))
+        elif args.command == "chargers":
+            url, _embedded = resolve_database(settings)
+            _migrate(url)
+            print(asyncio.run(_chargers(url, args)))
         elif args.command == "readings":
             url, _embedded = resolve_database(settings)
             _migrate(url)

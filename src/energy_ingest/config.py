@@ -44,6 +44,9 @@ class Settings:
     mqtt_group: str = "energy-ingest"  # the shared-subscription group the workers split messages in
     mqtt_tasmota: bool = True  # also take Tasmota's tele/{device}/SENSOR
     mqtt_local_tz: str = "UTC"  # the zone of Tasmota `Time` values that carry none
+    # OCPP 1.6J way in (/ocpp/{chargePointId})
+    ocpp_heartbeat_s: int = 300  # the interval BootNotification hands chargers
+    accept_unknown_id_tags: bool = False  # answer unknown idTags Accepted (charging without a vehicle)
     # who may come in
     auth: bool = True
     allowed_hosts: str = ""  # comma-separated Host names; empty: the bind address and localhost
@@ -109,6 +112,7 @@ class Settings:
                 "MQTT_URL must start with mqtt:// or mqtts://",
             ),
             (self.max_queue_delay_ms > 0, "MAX_QUEUE_DELAY_MS must be > 0"),
+            (10 <= self.ocpp_heartbeat_s <= 86_400, "OCPP_HEARTBEAT_S must be between 10 and 86400"),
             (
                 self.inflight_body_bytes >= self.body_limit_bytes,
                 "INFLIGHT_BODY_BYTES must be >= BODY_LIMIT_BYTES",

@@ -64,3 +64,16 @@ def registry() -> CollectorRegistry:
     from prometheus_client import REGISTRY
 
     return REGISTRY
+
+
+OCPP_CONNECTIONS = Counter(
+    "energy_ingest_ocpp_connections",
+    "OCPP WebSocket handshakes, by outcome: accepted, unauthorized, no_subprotocol, unavailable",
+    ["outcome"],
+)
+OCPP_MESSAGES = Counter(
+    "energy_ingest_ocpp_messages", "OCPP CALLs answered, by action and outcome (result, error)", ["action", "outcome"]
+)
+OCPP_IGNORED_VALUES = Counter(
+    "energy_ingest_ocpp_ignored_values", "Sampled values left out: measurands not kept, or not in the Raw format"
+)

@@ -127,6 +127,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self._answer_and_close(400, msg, [])
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection now belongs to the WebSocket protocol: this one's clocks must not close it.
+        self._cancel_timers()
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        super().handle_websocket_upgrade()
+
     # parser callbacks
 
     def on_message_begin(self) -> None:
@@ -221,7 +229,10 @@ def serve(settings: Settings) -> None:
         workers=settings.workers,
         loop="uvloop",
         http=cast(type[asyncio.Protocol], protocol),  # a class with its limits bound; picklable for workers
-        ws="none",
+        # OCPP charge points (/ocpp/{id}). wsproto completes a handshake refused with an HTTP answer
+        # (401) cleanly; a silent charger is let go by the gateway's own idle timeout.
+        ws="wsproto",
+        ws_max_size=settings.body_limit_bytes,
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=math.ceil(settings.keep_alive_timeout_s),  # the protocol applies the exact value
         log_level=settings.log_level,

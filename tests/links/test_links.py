@@ -15,15 +15,15 @@ T = hour_ago(10)
 def test_link_then_relink_ends_previous_link(client: TestClient[Any]) -> None:
     first = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-1", "from": iso(T)})
     assert first.status_code == 201
-    assert first.json()["current"] == {"meterId": "M-1", "from": iso(T), "to": None}
+    assert first.json()["current"] == {"meterId": "M-1", "from": iso(T), "to": None, "source": "manual"}
     moved = T + timedelta(hours=2)
     second = client.put("/v1/vehicles/EV-1/meter", json={"meterId": "M-2", "from": iso(moved)})
     assert second.status_code == 201
     state = client.get("/v1/vehicles/EV-1/meter").json()
-    assert state["current"] == {"meterId": "M-2", "from": iso(moved), "to": None}
+    assert state["current"] == {"meterId": "M-2", "from": iso(moved), "to": None, "source": "manual"}
     assert state["history"] == [
-        {"meterId": "M-1", "from": iso(T), "to": iso(moved)},
-        {"meterId": "M-2", "from": iso(moved), "to": None},
+        {"meterId": "M-1", "from": iso(T), "to": iso(moved), "source": "manual"},
+        {"meterId": "M-2", "from": iso(moved), "to": None, "source": "manual"},
     ]
 
 

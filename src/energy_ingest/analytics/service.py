@@ -257,3 +257,45 @@ async def meter_report(pool: Pool, meter_id: str, window: Window) -> MeterReport
         series=points,
         excluded_kwh=shown(total.excluded),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What a meter gave and a vehicle stored over one span (a charging session)."""
+
+    ac_kwh: float
+    excluded_ac_kwh: float
+    dc_kwh: float | None  # None: the vehicle sent no reading in the span
+    efficiency: float | None
+
+
+async def exchanges(
+    conn: Conn, spans: list[tuple[str, str | None, datetime, datetime]], now: datetime, raw_retention_days: int
+) -> list[Exchange]:
+    """For each (meter, vehicle or None, lo, hi): the meter's AC and the vehicle's DC over [lo, hi), by the
+    same readings and counter rules as every report; one statement for all of them."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    raw_from = today - timedelta(days=raw_retention_days)
+    parts: list[tuple[repository._Table, int, Cover, int]] = []
+    for index, (meter_id, vehicle_id, lo, hi) in enumerate(spans):
+        whole = cover(lo, hi, raw_from)
+        meter = await repository.meter_key(conn, meter_id)
+        if meter is not None:
+            parts.append((METERS, meter, whole, 2 * index))
+        if vehicle_id is not None:
+            vehicle, _linked = await repository.vehicle_context(conn, vehicle_id)
+            if vehicle is not None:
+                parts.append((VEHICLES, vehicle, whole, 2 * index + 1))
+    series = await repository.run_series(conn, repository.device_statement(parts, None, "UTC"), 2 * len(spans))
+    result = []
+    for index in range(len(spans)):
+        ac, dc = series[2 * index].total(), series[2 * index + 1].total()
+        result.append(
+            Exchange(
+                ac_kwh=round_kwh(ac.kwh),
+                excluded_ac_kwh=round_kwh(ac.excluded),
+                dc_kwh=round_kwh(dc.kwh) if dc.readings else None,
+                efficiency=_efficiency(dc.kwh, ac.kwh) if dc.readings else None,
+            )
+        )
+    return result

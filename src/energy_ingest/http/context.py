@@ -3,7 +3,7 @@ of this process."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,8 @@ class Services:
     keys: KeyCache
     ingest: IngestService
     mqtt_down: Callable[[], str | None] | None = None  # why MQTT is not connected (None: it is); None: MQTT off
+    # The ASGI app of WebSocket connections (OCPP charge points).
+    websocket: Callable[[Any, Any, Any], Awaitable[None]] | None = None
 
 
 def get_services(request: Request[Any, Any, Any]) -> Services:

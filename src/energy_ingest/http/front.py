@@ -10,6 +10,8 @@ Both answers close the connection, as the unread body would otherwise follow.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from litestar import Litestar
 from litestar.enums import ScopeType
@@ -108,6 +110,9 @@ class FrontDoor:
         return self._budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.WEBSOCKET:
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
@@ -147,6 +152,27 @@ class FrontDoor:
                 await self.app(scope, receive, send)
         finally:
             reservation.release()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Any) -> None:
+        """Charge points: the same Host rule as every request, then the WebSocket app."""
+        services: Services = self.app.state.services
+        host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+        if services.websocket is not None and _host_name(host) in services.settings.hosts:
+            await services.websocket(scope, receive, send)
+            return
+        await receive()  # websocket.connect
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        status, body, media_type, headers = _problem(_bad_host(host))
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"content-type", media_type), (b"content-length", str(len(body)).encode()), *headers],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
 
 
 def _metered(receive: Receive, reservation: _Reservation) -> Receive:

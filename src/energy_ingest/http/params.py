@@ -52,6 +52,16 @@ def parse_device_cursor(name: str, value: str | None) -> str | None:
     return value
 
 
+def parse_device_id(name: str, value: str | None) -> str | None:
+    """A device id given as a query parameter, or a 400 naming it."""
+    if value is not None and not _DEVICE_ID.match(value):
+        raise InvalidInput(
+            f"`{name}` must be a device id: 1–64 letters, digits or `._:-`",
+            errors=[{"field": name, "reason": "not a device id"}],
+        )
+    return value
+
+
 def parse_finite(name: str, value: float | None) -> float | None:
     """A finite query number, or a 400 naming the parameter (NaN and infinities mean nothing here)."""
     if value is not None and not math.isfinite(value):

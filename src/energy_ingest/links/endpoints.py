@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 from litestar import Response, delete, get, put
@@ -23,10 +24,12 @@ class LinkRequest(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
     from_: datetime | None = msgspec.field(default=None, name="from")
 
 
-class Link(msgspec.Struct, rename="camel"):
+class Link(msgspec.Struct, rename="camel", omit_defaults=True):
     meter_id: str
     from_: datetime = msgspec.field(name="from")
     to: datetime | None
+    source: Literal["manual", "ocpp"]  # ocpp: made by a charging session, which ends it
+    session_id: int | None = None  # the charging session that made it (ocpp links only)
 
 
 class LinkState(msgspec.Struct, rename="camel"):
@@ -36,7 +39,13 @@ class LinkState(msgspec.Struct, rename="camel"):
 
 
 def _link(row: LinkRow) -> Link:
-    return Link(meter_id=row.meter_id, from_=row.valid_from, to=row.valid_to)
+    return Link(
+        meter_id=row.meter_id,
+        from_=row.valid_from,
+        to=row.valid_to,
+        source="ocpp" if row.source == "ocpp" else "manual",
+        session_id=row.session_id,
+    )
 
 
 def _state(vehicle_id: str, rows: list[LinkRow], now: datetime) -> LinkState:

@@ -19,9 +19,11 @@ class LinkRow(msgspec.Struct, frozen=True):
     meter_id: str
     valid_from: datetime
     valid_to: datetime | None
+    source: str = "manual"  # or "ocpp": made by a charging session
+    session_id: int | None = None
 
 
-_COLUMNS = "link_id, vehicle_id, meter_id, valid_from, valid_to"
+_COLUMNS = "link_id, vehicle_id, meter_id, valid_from, valid_to, source, session_id"
 
 
 async def lock(conn: Conn) -> None:
@@ -56,12 +58,20 @@ async def delete_link(conn: Conn, link_id: int) -> None:
     await conn.execute("DELETE FROM vehicle_meter_links WHERE link_id = %s", [link_id])
 
 
-async def insert_link(conn: Conn, vehicle_id: str, meter_id: str, start: datetime) -> LinkRow:
+async def link_by_id(conn: Conn, link_id: int) -> LinkRow | None:
+    async with conn.cursor(row_factory=class_row(LinkRow)) as cur:
+        await cur.execute(f"SELECT {_COLUMNS} FROM vehicle_meter_links WHERE link_id = %s", [link_id])
+        return await cur.fetchone()
+
+
+async def insert_link(
+    conn: Conn, vehicle_id: str, meter_id: str, start: datetime, source: str = "manual", session_id: int | None = None
+) -> LinkRow:
     async with conn.cursor(row_factory=class_row(LinkRow)) as cur:
         await cur.execute(
-            "INSERT INTO vehicle_meter_links (vehicle_id, meter_id, valid_from) VALUES (%s, %s, %s)"
-            f" RETURNING {_COLUMNS}",
-            [vehicle_id, meter_id, start],
+            "INSERT INTO vehicle_meter_links (vehicle_id, meter_id, valid_from, source, session_id)"
+            f" VALUES (%s, %s, %s, %s, %s) RETURNING {_COLUMNS}",
+            [vehicle_id, meter_id, start, source, session_id],
         )
         row = await cur.fetchone()
         assert row is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from energy_ingest.db.pool import Pool
+from energy_ingest.db.pool import Conn, Pool
 from energy_ingest.errors import Conflict, NotFound
 from energy_ingest.links import repository as repo
 from energy_ingest.links.repository import LinkRow
@@ -21,36 +21,50 @@ async def link(pool: Pool, vehicle_id: str, meter_id: str, start: datetime) -> t
     has is a no-op.
     """
     async with pool.connection() as conn, conn.transaction():
-        await repo.lock(conn)
-        links = await repo.vehicle_links(conn, vehicle_id)
-        in_force = None
-        for row in links:
-            if row.valid_to is not None and row.valid_to <= start:
-                continue
-            if row.valid_from <= start:
-                in_force = row
-            else:
-                raise Conflict(
-                    f"vehicle {vehicle_id} already has a link (to meter {row.meter_id}) starting at "
-                    f"{_fmt(row.valid_from)}, after `from`; delete or end it first",
-                    title="Conflicting link",
-                )
-        if in_force is not None and in_force.meter_id == meter_id and in_force.valid_to is None:
-            return in_force, False
-        for row in await repo.meter_links_after(conn, meter_id, start):
-            if in_force is not None and row.link_id == in_force.link_id:
-                continue
+        return await link_on(conn, vehicle_id, meter_id, start)
+
+
+async def link_on(
+    conn: Conn, vehicle_id: str, meter_id: str, start: datetime, *, session_id: int | None = None
+) -> tuple[LinkRow, bool]:
+    """`link`, inside the caller's transaction; a `session_id` marks the link as made by that
+    charging session (source `ocpp`)."""
+    await repo.lock(conn)
+    links = await repo.vehicle_links(conn, vehicle_id)
+    in_force = None
+    for row in links:
+        if row.valid_to is not None and row.valid_to <= start:
+            continue
+        if row.valid_from <= start:
+            in_force = row
+        else:
             raise Conflict(
-                f"meter {meter_id} serves vehicle {row.vehicle_id} from {_fmt(row.valid_from)} to "
-                f"{_fmt(row.valid_to)}, which overlaps the new link; a meter serves one vehicle at a time",
+                f"vehicle {vehicle_id} already has a link (to meter {row.meter_id}) starting at "
+                f"{_fmt(row.valid_from)}, after `from`; delete or end it first",
                 title="Conflicting link",
             )
-        if in_force is not None:
-            if in_force.valid_from == start:
-                await repo.delete_link(conn, in_force.link_id)
-            else:
-                await repo.end_link(conn, in_force.link_id, start)
-        return await repo.insert_link(conn, vehicle_id, meter_id, start), True
+    if (
+        in_force is not None
+        and in_force.meter_id == meter_id
+        and in_force.valid_to is None
+        and in_force.session_id == session_id
+    ):
+        return in_force, False
+    for row in await repo.meter_links_after(conn, meter_id, start):
+        if in_force is not None and row.link_id == in_force.link_id:
+            continue
+        raise Conflict(
+            f"meter {meter_id} serves vehicle {row.vehicle_id} from {_fmt(row.valid_from)} to "
+            f"{_fmt(row.valid_to)}, which overlaps the new link; a meter serves one vehicle at a time",
+            title="Conflicting link",
+        )
+    if in_force is not None:
+        if in_force.valid_from == start:
+            await repo.delete_link(conn, in_force.link_id)
+        else:
+            await repo.end_link(conn, in_force.link_id, start)
+    source = "manual" if session_id is None else "ocpp"
+    return await repo.insert_link(conn, vehicle_id, meter_id, start, source, session_id), True
 
 
 async def unlink(pool: Pool, vehicle_id: str, now: datetime) -> LinkRow:
@@ -65,7 +79,20 @@ async def unlink(pool: Pool, vehicle_id: str, now: datetime) -> LinkRow:
             await repo.delete_link(conn, row.link_id)
             return row
         await repo.end_link(conn, row.link_id, now)
-        return LinkRow(row.link_id, row.vehicle_id, row.meter_id, row.valid_from, now)
+        return LinkRow(row.link_id, row.vehicle_id, row.meter_id, row.valid_from, now, row.source, row.session_id)
+
+
+async def end_on(conn: Conn, link_id: int, at: datetime) -> None:
+    """End a link at `at` inside the caller's transaction, if it still runs past it (a link that would
+    end before it starts is removed). A link already ended earlier stays as it is."""
+    await repo.lock(conn)
+    row = await repo.link_by_id(conn, link_id)
+    if row is None or (row.valid_to is not None and row.valid_to <= at):
+        return
+    if at <= row.valid_from:
+        await repo.delete_link(conn, link_id)
+    else:
+        await repo.end_link(conn, link_id, at)
 
 
 async def history(pool: Pool, vehicle_id: str) -> list[LinkRow]:

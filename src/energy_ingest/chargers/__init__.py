@@ -1,0 +1,1 @@
+"""Charge points registered for OCPP, their connectors' live status, and the id tags they authorize."""

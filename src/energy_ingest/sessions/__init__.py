@@ -1,0 +1,1 @@
+"""Charging sessions: one per OCPP transaction, and the vehicle–meter link it makes."""
