@@ -137,7 +137,7 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
     # what is stored
 
     def _meter(self, connector_id: int) -> str:
-        return chargers.meter_id(self.id, connector_id, self._meters)
+        return chargers.meter_id(self.id, _connector(connector_id), self._meters)
 
     def _time(self, text: Any, where: str) -> datetime:
         at = values.parse_time(text, where)
@@ -216,7 +216,8 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         **_: Any,
     ) -> call_result.StatusNotification:
         at = values.parse_time(timestamp, "timestamp") if timestamp else _now()
-        await chargers.record_status(self._pool, self.id, connector_id, status, error_code, info, vendor_error_code, at)
+        connector = _connector(connector_id)
+        await chargers.record_status(self._pool, self.id, connector, status, error_code, info, vendor_error_code, at)
         return call_result.StatusNotification()
 
     @on(Action.authorize)
@@ -279,7 +280,7 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
             readings = self._readings(row.meter_id, decoded, "transactionData")
             readings[at] = MeterReading(meter_id=row.meter_id, kwh_consumed_ac_total=meter_stop / 1000, timestamp=at)
             await self._store(readings)
-            await self._keep_soc(None, transaction_id, decoded)
+            await self._keep_soc(row.connector_id, transaction_id, decoded)
             await sessions.stop(
                 self._pool,
                 charger_id=self.id,
@@ -308,6 +309,15 @@ def _call_error(unique_id: str, error: ocpp_errors.OCPPError) -> str:
     """A CALLERROR frame. Details keep only what is JSON: the library puts whole messages in them."""
     details = {k: v for k, v in (error.details or {}).items() if isinstance(v, str | int | float | bool | list)}
     return str(CallError(unique_id, error.code, str(error.description)[:1000], details).to_json())
+
+
+def _connector(connector_id: int) -> int:
+    if not 0 <= connector_id <= chargers.MAX_CONNECTOR:
+        raise InvalidInput(
+            f"connectorId {connector_id} is out of range",
+            errors=[{"field": "connectorId", "reason": f"must be 0–{chargers.MAX_CONNECTOR}"}],
+        )
+    return connector_id
 
 
 def _status(status: str) -> AuthorizationStatus:

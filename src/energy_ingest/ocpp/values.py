@@ -52,6 +52,8 @@ def parse_time(text: Any, where: str) -> datetime:
     """An OCPP dateTime; one without a zone is UTC, as chargers mean it."""
     if not isinstance(text, str):
         raise _bad(where, "is not a date-time string")
+    if len(text) < 16 or text[10] not in "Tt ":  # a date alone is no time of measurement
+        raise _bad(where, "is not an ISO 8601 date-time (date and time of day)")
     try:
         at = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
