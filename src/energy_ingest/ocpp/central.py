@@ -7,11 +7,13 @@ the field and the reason; nothing of that message is stored, and the connection 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from ocpp import exceptions as ocpp_errors
 from ocpp.messages import CallError, MessageType, unpack
@@ -72,6 +74,26 @@ def _ocpp_error(exc: Exception) -> ocpp_errors.OCPPError:
     return ocpp_errors.InternalError("An internal error occurred; nothing of this message was stored.")
 
 
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _answers(handler: _Handler) -> _Handler:
+    """The library catches whatever a handler raises and answers it itself: anything but an OCPPError
+    as `InternalError: An unexpected error occurred.`, logged only to its own (silenced) logger. So a
+    handler raises the CALLERROR its failure means (PropertyConstraintViolation naming the field, …),
+    and leaves the failure for `route_message` to log and count."""
+
+    @functools.wraps(handler)
+    async def answering(self: Central, **fields: Any) -> Any:
+        try:
+            return await handler(self, **fields)
+        except Exception as exc:
+            self._failure = exc
+            raise _ocpp_error(exc) from exc
+
+    return cast(_Handler, answering)
+
+
 class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
     """The central system's side of one connection."""
 
@@ -94,6 +116,7 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         self._seen_written = -float("inf")
         self._max_future = timedelta(seconds=settings.max_future_skew_s)
         self._max_past = timedelta(days=settings.raw_retention_days)
+        self._failure: Exception | None = None  # what the handler of the CALL in hand raised
 
     # routing: every frame is answered or refused, and a malformed one never ends the worker
 
@@ -107,18 +130,25 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
             return  # this central system sends no CALLs, so it awaits no answers
         await self._seen()
         action = str(message.action)
+        self._failure = None
         try:
             await self._handle_call(message)
-        except Exception as exc:
-            error = _ocpp_error(exc)
-            if not isinstance(exc, ocpp_errors.OCPPError | DomainError):
-                log.exception("%s: %s failed", self.id, action)
-            else:
-                log.info("%s: %s refused: %s %s", self.id, action, error.code, error.description)
-            OCPP_MESSAGES.labels(action if action in Action._value2member_map_ else "other", "error").inc()
-            await self._send(_call_error(message.unique_id, error))
+        except Exception as exc:  # refused before any handler ran (routing, schema): answered here
+            self._refused(action, exc)
+            await self._send(_call_error(message.unique_id, _ocpp_error(exc)))
+            return
+        if self._failure is not None:  # a handler's failure: the library answered the CALLERROR `_answers` made
+            self._refused(action, self._failure)
             return
         OCPP_MESSAGES.labels(action, "result").inc()
+
+    def _refused(self, action: str, exc: Exception) -> None:
+        error = _ocpp_error(exc)
+        if not isinstance(exc, ocpp_errors.OCPPError | DomainError):
+            log.error("%s: %s failed", self.id, action, exc_info=exc)
+        else:
+            log.info("%s: %s refused: %s %s", self.id, action, error.code, error.description)
+        OCPP_MESSAGES.labels(action if action in Action._value2member_map_ else "other", "error").inc()
 
     async def _malformed(self, raw: str, exc: Exception) -> None:
         unique_id = _unique_id(raw)
@@ -175,6 +205,7 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
     # the messages
 
     @on(Action.boot_notification)
+    @_answers
     async def on_boot(
         self,
         charge_point_vendor: str,
@@ -201,10 +232,12 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         )
 
     @on(Action.heartbeat)
+    @_answers
     async def on_heartbeat(self, **_: Any) -> call_result.Heartbeat:
         return call_result.Heartbeat(current_time=_iso(_now()))
 
     @on(Action.status_notification)
+    @_answers
     async def on_status(
         self,
         connector_id: int,
@@ -221,11 +254,13 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         return call_result.StatusNotification()
 
     @on(Action.authorize)
+    @_answers
     async def on_authorize(self, id_tag: str, **_: Any) -> call_result.Authorize:
         status, _vehicle = await chargers.authorize(self._pool, id_tag, self._settings.accept_unknown_id_tags)
         return call_result.Authorize(id_tag_info={"status": _status(status)})
 
     @on(Action.start_transaction)
+    @_answers
     async def on_start(
         self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any
     ) -> call_result.StartTransaction:
@@ -255,6 +290,7 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         )
 
     @on(Action.stop_transaction)
+    @_answers
     async def on_stop(
         self,
         meter_stop: int,
@@ -296,6 +332,7 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         return call_result.StopTransaction(id_tag_info={"status": _status(status)})
 
     @on(Action.meter_values)
+    @_answers
     async def on_meter_values(
         self, connector_id: int, meter_value: list[dict[str, Any]], transaction_id: int | None = None, **_: Any
     ) -> call_result.MeterValues:
