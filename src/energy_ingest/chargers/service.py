@@ -151,27 +151,29 @@ async def remove(conn: Conn, charger_id: str) -> None:
         raise NotFound(f"charge point {charger_id} is not registered")
 
 
-def basic_credentials(authorization: bytes | None) -> tuple[str, str] | None:
-    """(user, password) of an `Authorization: Basic …` header, or None."""
+def basic_password(authorization: bytes | None, user: str) -> str | None:
+    """The password of an `Authorization: Basic …` header whose user is `user`, or None. The decoded
+    `user:password` is matched against `user` whole, not split at its first colon: a charge point id
+    may hold colons (a MAC address), which a Basic user id cannot (RFC 7617)."""
     if not authorization or authorization[:6].lower() != b"basic ":
         return None
     try:
-        user, sep, password = base64.b64decode(authorization[6:].strip(), validate=True).decode().partition(":")
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
-    return (user, password) if sep else None
+    prefix = f"{user}:"
+    return decoded[len(prefix) :] if decoded.startswith(prefix) else None
 
 
 async def verify(pool: Pool, charger_id: str, authorization: bytes | None) -> bool:
     """Whether the handshake's Basic credentials are this registered charge point's."""
-    credentials = basic_credentials(authorization)
+    password = basic_password(authorization, charger_id)
     async with pool.connection() as conn:
         row = await repo.charger(conn, charger_id) if CHARGER_ID.match(charger_id) else None
     salt, stored = (row.password_salt, row.password_hash) if row else (_DUMMY_SALT, b"")
-    user, password = credentials or ("", "")
     # Compare even for an unknown charger, so timing does not tell which ids exist.
-    same = hmac.compare_digest(_digest(salt, password), stored)
-    return row is not None and credentials is not None and user == charger_id and same
+    same = hmac.compare_digest(_digest(salt, password or ""), stored)
+    return row is not None and password is not None and same
 
 
 async def mapped_meters(pool: Pool, charger_id: str) -> dict[int, str]:
