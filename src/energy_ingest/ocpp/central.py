@@ -248,7 +248,8 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         vendor_error_code: str | None = None,
         **_: Any,
     ) -> call_result.StatusNotification:
-        at = values.parse_time(timestamp, "timestamp") if timestamp else _now()
+        # Checked like every measurement time: one far ahead would hide every later status.
+        at = self._time(timestamp, "timestamp") if timestamp else _now()
         connector = _connector(connector_id)
         await chargers.record_status(self._pool, self.id, connector, status, error_code, info, vendor_error_code, at)
         return call_result.StatusNotification()
