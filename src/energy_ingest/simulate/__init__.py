@@ -1,4 +1,5 @@
-"""Fleet simulator and load generator: meters and vehicles charging, sent to a running service over HTTP or MQTT."""
+"""Fleet simulator and load generator: meters and vehicles charging, sent to a running service over HTTP, MQTT
+or OCPP 1.6J (the meters as charge points)."""
 
 from energy_ingest.simulate.fleet import (
     FleetConfig,

@@ -9,10 +9,16 @@ when only the delivery faults do, and the physics does not change with the regis
 With registers, a device reports its cumulative register (`kwhConsumedAcTotal`, `kwhDeliveredDcTotal`)
 and its ground truth is what the counter rules make of the time-sorted registers (registers.py): the
 first reading counts nothing, a reset counts from zero, a placeholder nothing, a jump is left out.
+
+With `transactions` (the simulator's `--transport ocpp`), the meters are charge points' connector
+meters, each in one OCPP transaction that spans the run: the register is read once more when the
+transaction starts, a minute before `start` (its meterStart), and its last reading is a whole Wh (its
+meterStop); OCPP 1.6 sends both as integers of Wh.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Iterator
@@ -105,6 +111,12 @@ class FleetConfig:
         if not ID_PREFIX.fullmatch(self.id_prefix):
             raise ValueError(f"the id prefix may hold up to 40 letters, digits and ._:- only, not {self.id_prefix!r}")
         object.__setattr__(self, "start", self.start.astimezone(UTC))
+
+    @property
+    def transaction_start(self) -> datetime:
+        """When the OCPP transactions start (`FleetSimulation(transactions=True)`): a minute before the
+        first readings."""
+        return self.start - timedelta(minutes=1)
 
     @property
     def meter_registers(self) -> bool:
@@ -251,18 +263,32 @@ def _relax(value: float, target: float, rate: float) -> float:
 
 
 class FleetSimulation:
-    """One run of the fleet. Iterate once (`readings`, `ticks` or `batches`), then read `ground_truth()`."""
+    """One run of the fleet. Iterate once (`readings`, `ticks` or `batches`), then read `ground_truth()`.
 
-    def __init__(self, config: FleetConfig) -> None:
+    `transactions`: the meters are in one OCPP transaction each over the run (needs meter registers):
+    their registers are also read when the transaction starts, a minute before `config.start`
+    (`meter_starts`), and read a whole Wh at the last minute. The counter rules count from the start
+    reading, so the first minute's energy counts too."""
+
+    def __init__(self, config: FleetConfig, *, transactions: bool = False) -> None:
+        if transactions and not config.meter_registers:
+            raise ValueError("transactions need meter registers (registers 'meters' or 'all')")
         self.config = config
+        self.transactions = transactions
         self._physics = random.Random(f"fleet-physics-{config.seed}")
         self._delivery = random.Random(f"fleet-delivery-{config.seed}")
         self._faults = random.Random(f"fleet-registers-{config.seed}")
         self.chargers = self._make_chargers()
         self._vehicles = [self._initial_state(c) for c in self.chargers]
+        self.meter_starts: dict[str, float] = {}
+        """With `transactions`: each meter's register (kWh, a whole Wh) when its transaction starts."""
         for v in self._vehicles:
             if config.meter_registers:
                 v.meter_register = self._new_register()
+                if transactions:
+                    # The meterStart reading: the truth counts the first minute's energy from it.
+                    v.meter_register.tally.add(config.transaction_start, v.meter_register.value)
+                    self.meter_starts[v.charger.meter_id] = v.meter_register.value
             if config.vehicle_registers:
                 v.vehicle_register = self._new_register()
         self._started = False
@@ -365,8 +391,9 @@ class FleetSimulation:
         v.total_dc += dc
         return ac, dc, 1.0 if dc > 0 else 0.0
 
-    def _register(self, register: _Register, minute: int, at: datetime, energy: float) -> float:
-        """The register reading of a minute in which `energy` flowed, faults injected."""
+    def _register(self, register: _Register, minute: int, at: datetime, energy: float, *, stops: bool = False) -> float:
+        """The register reading of a minute in which `energy` flowed, faults injected. `stops`: the
+        register ends a transaction, so its last reading is a whole Wh (rounded up: no drop)."""
         rng, cfg = self._faults, self.config
         fault = minute > 0
         if fault and energy > 0 and not register.held and register.value > energy and rng.random() < cfg.reset_share:
@@ -385,6 +412,9 @@ class FleetSimulation:
                 self._placeholders += 1
                 register.tally.add(at, 0.0)
                 return 0.0
+        if stops and minute == cfg.minutes - 1:
+            # The tolerance keeps a float such as 12.345 (12344.999… Wh) at 12,345 Wh.
+            register.value = round(math.ceil(register.value * 1000 - 1e-6) / 1000, ENERGY_DECIMALS)
         register.held = False
         register.tally.add(at, register.value)
         return register.value
@@ -400,7 +430,7 @@ class FleetSimulation:
             if v.meter_register is None:
                 meter["kwhConsumedAc"] = ac
             else:
-                meter["kwhConsumedAcTotal"] = self._register(v.meter_register, minute, at, ac)
+                meter["kwhConsumedAcTotal"] = self._register(v.meter_register, minute, at, ac, stops=self.transactions)
             meter["voltage"] = round(min(250.0, max(210.0, voltage)), 1)
             meter["timestamp"] = ts
             vehicle: Reading = {"type": "vehicle", "vehicleId": v.charger.vehicle_id, "soc": round(v.soc, 3)}

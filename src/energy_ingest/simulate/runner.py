@@ -1,10 +1,15 @@
-"""Drive a running service with a simulated fleet over HTTP or MQTT and report what it answered.
+"""Drive a running service with a simulated fleet over HTTP, MQTT or OCPP and report what it answered.
 
-Links (vehicle → meter) always go over HTTP; the readings over HTTP (`POST /v1/ingest`, whose answer
+Links (vehicle → meter) go over HTTP; the readings over HTTP (`POST /v1/ingest`, whose answer
 comes after the commit) or MQTT (QoS 1 to `{prefix}/meters/{id}` and `{prefix}/vehicles/{id}`). Over
 MQTT the broker's PUBACK says only that the broker has the message, so the run also hears the service's
 problems on `{prefix}/errors/{id}` and then asks the analytics until the service has stored every
 reading, or `wait` runs out.
+
+Over OCPP (chargepoints.py) no link is made by hand: each meter is a charge point's connector meter,
+registered over HTTP (`POST /v1/chargers`) with each vehicle's idTag mapped (`PUT /v1/id-tags/{tag}`);
+the charge points speak OCPP 1.6J, one transaction each over the run, and the vehicles post their DC
+readings over HTTP. The transactions are the links. A CALLRESULT comes after the commit, as over HTTP.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import ssl
 import sys
 import time
@@ -29,6 +35,8 @@ import aiomqtt
 import httpx
 import msgspec
 
+from energy_ingest.simulate import chargepoints
+from energy_ingest.simulate.chargepoints import OcppTally, Sample, Station
 from energy_ingest.simulate.fleet import (
     DEFAULT_JUMP_SHARE,
     DEFAULT_MAX_INTERVAL_KW,
@@ -44,7 +52,7 @@ from energy_ingest.simulate.fleet import (
 )
 
 Mode = Literal["backfill", "live"]
-Transport = Literal["http", "mqtt"]
+Transport = Literal["http", "mqtt", "ocpp"]
 
 JSON_HEADERS = {"content-type": "application/json"}
 MAX_ERROR_SAMPLES = 5
@@ -53,8 +61,11 @@ MAX_RETRIES = 30
 # Resends after a connection error or timeout; a dead server should fail the run quickly.
 MAX_TRANSPORT_RETRIES = 3
 PROGRESS_INTERVAL_S = 0.5
-DEFAULT_BATCH_SIZE: dict[Transport, int] = {"http": 1000, "mqtt": 1}
-DEFAULT_CONCURRENCY: dict[Transport, int] = {"http": 8, "mqtt": 64}
+# OCPP: the vehicles' HTTP requests (every charge point holds a connection of its own).
+DEFAULT_BATCH_SIZE: dict[Transport, int] = {"http": 1000, "mqtt": 1, "ocpp": 1000}
+DEFAULT_CONCURRENCY: dict[Transport, int] = {"http": 8, "mqtt": 64, "ocpp": 8}
+# Minutes of MeterValues waiting for one charge point: the fleet runs at most this far ahead of it.
+CHARGER_QUEUE = 4
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 DEFAULT_MQTT_PREFIX = "energy-ingest"
 DEFAULT_WAIT_S = 60.0
@@ -70,6 +81,41 @@ FLEET_PAGE = 1000
 
 class RunnerError(RuntimeError):
     """The run could not start (service unreachable or unusable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OcppSummary:
+    """What the charge points did, and the sessions the service made of it."""
+
+    url: str
+    charge_points: int
+    connected: int
+    handshake_failures: int
+    started: int
+    stopped: int
+    meter_values: int
+    """MeterValues answered with a CALLRESULT."""
+    readings_sent: int
+    readings_stored: int
+    """Register readings in MeterValues answered with a CALLRESULT (committed)."""
+    readings_failed: int
+    call_errors: int
+    sessions: int | None
+    """Transactions the service shows as sessions (`GET /v1/sessions/{id}`); None when it would not say."""
+    sessions_linked: int
+    """Sessions that linked their vehicle to the connector's meter."""
+    sessions_stopped: int
+    """Sessions stopped by the charger's StopTransaction (`endedBy: charger`)."""
+
+    @property
+    def complete(self) -> bool:
+        n = self.charge_points
+        return (
+            self.connected == self.started == self.stopped == n
+            and self.call_errors == 0
+            and self.readings_failed == 0
+            and self.sessions == self.sessions_linked == self.sessions_stopped == n
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +149,9 @@ class Summary:
     """MQTT: readings the service reported stored (analytics) when the run ended; None when not asked."""
     stored_seconds: float = 0.0
     """MQTT: from the last PUBACK until the service had stored them all (or the wait ran out)."""
+    ocpp: OcppSummary | None = None
+    """OCPP: the charge points and their sessions (`sent`, `accepted`… count the vehicles' HTTP readings
+    and the meters' readings sent in MeterValues)."""
 
     @property
     def readings_per_second(self) -> float:
@@ -115,12 +164,14 @@ class Summary:
 
     @property
     def complete(self) -> bool:
-        """Every request succeeded, every message was taken, and (MQTT, when asked) everything stored."""
+        """Every request succeeded, every message was taken, (MQTT, when asked) everything stored, and
+        (OCPP) every transaction ran and linked its vehicle."""
         return (
             self.errors == 0
             and not self.refused
             and not self.problems
             and (self.stored is None or self.stored >= self.expected)
+            and (self.ocpp is None or self.ocpp.complete)
         )
 
 
@@ -139,6 +190,7 @@ class _Counters:
     pubacks: Counter[int] = field(default_factory=Counter)
     reasons: dict[int, str] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
+    ocpp: OcppTally = field(default_factory=OcppTally)
 
     @property
     def acknowledged(self) -> int:
@@ -226,13 +278,20 @@ async def _progress(counters: _Counters, started: float, total: int) -> None:
 
 def _write_progress(counters: _Counters, started: float, total: int) -> None:
     elapsed = max(time.monotonic() - started, 1e-9)
+    ocpp = counters.ocpp
+    sent = counters.sent + ocpp.readings_sent
     if counters.messages:
         answered = f"{counters.messages:,} messages, {counters.acknowledged:,} acknowledged, "
+    elif ocpp.connected:
+        answered = (
+            f"{ocpp.connected:,} charge points, {ocpp.meter_values:,} MeterValues answered, "
+            f"{counters.accepted:,} vehicle readings accepted, "
+        )
     else:
         answered = f"{counters.accepted:,} accepted, {counters.duplicates:,} duplicates, {counters.retries:,} retries, "
     sys.stderr.write(
-        f"\r{counters.sent:,}/~{total:,} readings sent, {answered}{counters.errors:,} errors, "
-        f"{counters.sent / elapsed:,.0f} readings/s   "
+        f"\r{sent:,}/~{total:,} readings sent, {answered}{counters.errors:,} errors, "
+        f"{sent / elapsed:,.0f} readings/s   "
     )
     sys.stderr.flush()
 
@@ -279,6 +338,7 @@ async def run(
     mqtt_url: str = DEFAULT_MQTT_URL,
     mqtt_prefix: str = DEFAULT_MQTT_PREFIX,
     wait: float = DEFAULT_WAIT_S,
+    ocpp_url: str | None = None,
 ) -> Summary:
     """Link every vehicle to its meter from `config.start` (over HTTP), then send the fleet's readings with
     `concurrency` requests (HTTP) or unacknowledged messages (MQTT) in flight: as fast as they are taken
@@ -286,9 +346,22 @@ async def run(
 
     HTTP sends batches of `batch_size` readings (default 1000); MQTT publishes each device's readings on its
     own topic with QoS 1, one reading per message (`batch_size` 1, the default) or arrays of up to
-    `batch_size`, then waits up to `wait` seconds until the service has stored them all (0: does not ask)."""
+    `batch_size`, then waits up to `wait` seconds until the service has stored them all (0: does not ask).
+
+    OCPP (the config must have meter registers) links nothing by hand: it registers a charge point per meter and
+    maps each vehicle's idTag over HTTP, then runs the charge points over OCPP 1.6J at `ocpp_url`
+    (default: `base_url`'s, ws:// or wss:// …/ocpp), each in one transaction, while the vehicles' readings
+    go over HTTP as above; at the end it asks the service for each transaction's session."""
     if transport not in get_args(Transport):
-        raise ValueError(f"transport must be 'http' or 'mqtt', not {transport!r}")
+        raise ValueError(f"transport must be 'http', 'mqtt' or 'ocpp', not {transport!r}")
+    if transport == "ocpp" and not config.meter_registers:
+        raise ValueError(
+            "the OCPP transport needs meter registers (registers 'meters' or 'all'): a charger reports its "
+            "meter's Energy.Active.Import.Register"
+        )
+    charge_url = None
+    if transport == "ocpp":
+        charge_url = chargepoints.check_url(ocpp_url) if ocpp_url else chargepoints.default_url(base_url)
     batch_size = DEFAULT_BATCH_SIZE[transport] if batch_size is None else batch_size
     concurrency = DEFAULT_CONCURRENCY[transport] if concurrency is None else concurrency
     if batch_size < 1 or concurrency < 1:
@@ -302,7 +375,8 @@ async def run(
     broker = Broker.from_url(mqtt_url) if transport == "mqtt" else None
     if broker is not None and (not mqtt_prefix or "+" in mqtt_prefix or "#" in mqtt_prefix):
         raise ValueError(f"the MQTT prefix must be a topic without wildcards, not {mqtt_prefix!r}")
-    sim = FleetSimulation(config)
+    # Over OCPP the meters are in transactions: their start readings (meterStart) are part of the truth.
+    sim = FleetSimulation(config, transactions=transport == "ocpp")
     counters = _Counters()
     show_progress = progress and sys.stderr.isatty()
     timeout = httpx.Timeout(60.0, connect=10.0)
@@ -321,12 +395,20 @@ async def run(
                 mqtt = await stack.enter_async_context(
                     _mqtt_session(broker, mqtt_prefix, concurrency, devices, counters)
                 )
-            await _link(client, config, sim, concurrency, counters)
+            stations: list[Station] = []
+            if charge_url is None:
+                await _link(client, config, sim, concurrency, counters)
+            else:  # no link by hand: the transactions make them
+                stations = await _register(client, sim, concurrency, counters)
             started = time.monotonic()
             expected = round(2 * config.devices * config.minutes * (1 + config.duplicate_share))
             reporter = asyncio.create_task(_progress(counters, started, expected)) if show_progress else None
             try:
-                if mqtt is None:
+                if charge_url is not None:
+                    await _charge_all(
+                        client, charge_url, sim, stations, batch_size, concurrency, mode, speed, started, counters
+                    )
+                elif mqtt is None:
                     await _post_all(client, sim, batch_size, concurrency, mode, speed, started, counters)
                 else:
                     await _publish_all(mqtt, mqtt_prefix, sim, batch_size, concurrency, mode, speed, started, counters)
@@ -335,7 +417,7 @@ async def run(
                     reporter.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await reporter
-                    _write_progress(counters, started, counters.sent)
+                    _write_progress(counters, started, counters.sent + counters.ocpp.readings_sent)
                     sys.stderr.write("\n")
                     sys.stderr.flush()
             seconds = time.monotonic() - started
@@ -344,19 +426,22 @@ async def run(
             if mqtt is not None and wait > 0 and counters.errors == 0:
                 stored = await _wait_stored(client, truth, wait, counters)
             stored_seconds = time.monotonic() - started - seconds
+            ocpp = None
+            if charge_url is not None:
+                ocpp = await _ocpp_summary(client, charge_url, stations, concurrency, counters)
 
     reasons = sorted(
         ((counters.reasons[code], n) for code, n in counters.pubacks.items() if code >= 128), key=lambda r: -r[1]
     )
     return Summary(
-        sent=counters.sent,
+        sent=counters.sent + counters.ocpp.readings_sent,
         accepted=counters.accepted,
         duplicates=counters.duplicates,
         retries=counters.retries,
         errors=counters.errors,
         failed_readings=counters.failed_readings,
         error_samples=tuple(counters.error_samples),
-        links=counters.links,
+        links=counters.links if ocpp is None else ocpp.sessions_linked,
         link_conflicts=counters.link_conflicts,
         seconds=seconds,
         truth=truth,
@@ -368,6 +453,7 @@ async def run(
         problems=counters.problems,
         stored=stored,
         stored_seconds=stored_seconds if stored is not None else 0.0,
+        ocpp=ocpp,
     )
 
 
@@ -381,31 +467,217 @@ async def _post_all(
     started: float,
     counters: _Counters,
 ) -> None:
-    encoder = msgspec.json.Encoder()
     queue: asyncio.Queue[list[Reading] | None] = asyncio.Queue(maxsize=concurrency * 2)
-
-    async def worker() -> None:
-        while (readings := await queue.get()) is not None:
-            response = await _request(client, "POST", "/v1/ingest", encoder.encode(readings), counters)
-            counters.sent += len(readings)
-            if response is None:
-                counters.failed_readings += len(readings)
-            elif response.is_success:
-                answer: dict[str, Any] = response.json()
-                counters.accepted += int(answer.get("accepted", 0))
-                counters.duplicates += int(answer.get("duplicates", 0))
-            else:
-                counters.failed_readings += len(readings)
-                counters.error(f"POST /v1/ingest → {response.status_code}: {response.text}")
-
     async with asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
-            tg.create_task(worker())
+            tg.create_task(_poster(client, queue, counters))
         for batch in sim.batches(batch_size, per_minute=mode == "live"):
             await _pace(mode, started, batch.minute, speed)
             await queue.put(batch.readings)
         for _ in range(concurrency):
             await queue.put(None)
+
+
+async def _poster(client: httpx.AsyncClient, queue: asyncio.Queue[list[Reading] | None], counters: _Counters) -> None:
+    """POST each batch of the queue to /v1/ingest until it gives None."""
+    encoder = msgspec.json.Encoder()
+    while (readings := await queue.get()) is not None:
+        response = await _request(client, "POST", "/v1/ingest", encoder.encode(readings), counters)
+        counters.sent += len(readings)
+        if response is None:
+            counters.failed_readings += len(readings)
+        elif response.is_success:
+            answer: dict[str, Any] = response.json()
+            counters.accepted += int(answer.get("accepted", 0))
+            counters.duplicates += int(answer.get("duplicates", 0))
+        else:
+            counters.failed_readings += len(readings)
+            counters.error(f"POST /v1/ingest → {response.status_code}: {response.text}")
+
+
+async def _register(
+    client: httpx.AsyncClient, sim: FleetSimulation, concurrency: int, counters: _Counters
+) -> list[Station]:
+    """A charge point per meter (`POST /v1/chargers`, its connector 1 mapped to the meter) and its vehicle's
+    idTag (`PUT /v1/id-tags/{tag}`). Any failure ends the run before anything is sent."""
+    cfg = sim.config
+    limit = asyncio.Semaphore(concurrency)
+    stations: list[Station] = []
+    failures: list[str] = []
+
+    async def one(index: int) -> None:
+        charger = sim.chargers[index]
+        name = chargepoints.charger_id(cfg.id_prefix, index + 1)
+        tag = chargepoints.id_tag(charger.vehicle_id)
+        body = msgspec.json.encode({"chargerId": name, "meters": {str(chargepoints.CONNECTOR): charger.meter_id}})
+        async with limit:
+            response = await _request(client, "POST", "/v1/chargers", body, counters)
+        if response is None:
+            return  # counted as an error
+        if response.status_code == 409:
+            failures.append(
+                f"charge point {name} is registered already (by an earlier run?): give the fleet other ids with "
+                f"--id-prefix, or remove it first (energy-ingest chargers remove {name})"
+            )
+            return
+        if response.status_code != 201:
+            failures.append(f"POST /v1/chargers ({name}) → {response.status_code}: {response.text[:300]}")
+            return
+        password = str(response.json()["password"])
+        body = msgspec.json.encode({"vehicleId": charger.vehicle_id})
+        async with limit:
+            response = await _request(client, "PUT", f"/v1/id-tags/{tag}", body, counters)
+        if response is None:
+            return
+        if response.status_code not in (200, 201):
+            failures.append(f"PUT /v1/id-tags/{tag} → {response.status_code}: {response.text[:300]}")
+            return
+        start_wh = round(sim.meter_starts[charger.meter_id] * 1000)
+        stations.append(Station(name, password, charger.meter_id, charger.vehicle_id, tag, start_wh))
+
+    async with asyncio.TaskGroup() as tg:
+        for index in range(len(sim.chargers)):
+            tg.create_task(one(index))
+    failures += counters.error_samples
+    if failures:
+        more = f" (and {len(failures) - 3:,} more)" if len(failures) > 3 else ""
+        raise RunnerError("setting up the charge points failed: " + "; ".join(failures[:3]) + more)
+    stations.sort(key=lambda s: s.charger_id)
+    return stations
+
+
+async def _charge_all(
+    client: httpx.AsyncClient,
+    url: str,
+    sim: FleetSimulation,
+    stations: list[Station],
+    batch_size: int,
+    concurrency: int,
+    mode: Mode,
+    speed: float,
+    started: float,
+    counters: _Counters,
+) -> None:
+    """Every charge point on its own connection, fed its meter's readings minute by minute; the vehicles'
+    readings meanwhile in HTTP batches. A charge point's MeterValue carries its vehicle's SoC of that
+    minute when the vehicle's reading of the minute is sent in the same minute (not late)."""
+    cfg = sim.config
+    queues: dict[str, asyncio.Queue[list[Sample] | None]] = {
+        s.meter_id: asyncio.Queue(maxsize=CHARGER_QUEUE) for s in stations
+    }
+    vehicle_of = {s.meter_id: s.vehicle_id for s in stations}
+    posts: asyncio.Queue[list[Reading] | None] = asyncio.Queue(maxsize=concurrency * 2)
+    shuffle = random.Random(f"ocpp-delivery-{cfg.seed}") if cfg.out_of_order else None
+
+    async def post(readings: list[Reading]) -> None:
+        if shuffle is not None:
+            shuffle.shuffle(readings)
+        await posts.put(readings)
+
+    async with asyncio.TaskGroup() as tg:
+        for s in stations:
+            order = random.Random(f"ocpp-delivery-{cfg.seed}-{s.charger_id}") if cfg.out_of_order else None
+            tg.create_task(
+                chargepoints.charge(
+                    url, s, queues[s.meter_id], cfg.transaction_start, counters.ocpp, counters.error, order
+                )
+            )
+        for _ in range(concurrency):
+            tg.create_task(_poster(client, posts, counters))
+        buffer: list[Reading] = []
+        for tick in sim.ticks():
+            await _pace(mode, started, tick.minute, speed)
+            socs = {
+                (str(r["vehicleId"]), str(r["timestamp"])): float(r["soc"])
+                for r in tick.readings
+                if r["type"] == "vehicle"
+            }
+            samples: dict[str, list[Sample]] = {}
+            for r in tick.readings:
+                if r["type"] != "meter":
+                    buffer.append(r)
+                    continue
+                meter, ts = str(r["meterId"]), str(r["timestamp"])
+                voltage = r.get("voltage")
+                sample = Sample(
+                    timestamp=ts,
+                    register_kwh=float(r["kwhConsumedAcTotal"]),
+                    voltage=float(voltage) if voltage is not None else None,
+                    soc=socs.get((vehicle_of[meter], ts)),
+                )
+                samples.setdefault(meter, []).append(sample)
+            for meter, items in samples.items():
+                await queues[meter].put(items)
+            while len(buffer) >= batch_size:
+                await post(buffer[:batch_size])
+                del buffer[:batch_size]
+            if mode == "live" and buffer:
+                await post(buffer)
+                buffer = []
+        if buffer:
+            await post(buffer)
+        for queue in queues.values():
+            await queue.put(None)
+        for _ in range(concurrency):
+            await posts.put(None)
+
+
+async def _ocpp_summary(
+    client: httpx.AsyncClient, url: str, stations: list[Station], concurrency: int, counters: _Counters
+) -> OcppSummary:
+    """The run's charge points, and what the service made of each transaction (`GET /v1/sessions/{id}`)."""
+    tally = counters.ocpp
+    limit = asyncio.Semaphore(concurrency)
+    found = linked = stopped = 0
+    unreadable = False
+
+    async def one(station: Station, session_id: int) -> None:
+        nonlocal found, linked, stopped, unreadable
+        async with limit:
+            try:
+                response = await client.get(f"/v1/sessions/{session_id}")
+            except httpx.TransportError:
+                unreadable = True
+                return
+        if response.status_code in (401, 403):
+            unreadable = True
+            return
+        if response.status_code != 200:
+            counters.sample(f"GET /v1/sessions/{session_id} ({station.charger_id}) → {response.status_code}")
+            return
+        session: dict[str, Any] = response.json()
+        if session.get("chargerId") != station.charger_id:
+            counters.sample(f"session {session_id} is of charger {session.get('chargerId')}, not {station.charger_id}")
+            return
+        found += 1
+        if session.get("linked") and session.get("vehicleId") == station.vehicle_id:
+            linked += 1
+        else:
+            counters.sample(f"session {session_id} ({station.charger_id}) did not link: {session.get('linkNote')}")
+        if session.get("endedBy") == "charger":
+            stopped += 1
+
+    async with asyncio.TaskGroup() as tg:
+        for station in stations:
+            session_id = tally.transaction_ids.get(station.charger_id)
+            if session_id is not None:
+                tg.create_task(one(station, session_id))
+    return OcppSummary(
+        url=url,
+        charge_points=len(stations),
+        connected=tally.connected,
+        handshake_failures=tally.handshake_failures,
+        started=tally.started,
+        stopped=tally.stopped,
+        meter_values=tally.meter_values,
+        readings_sent=tally.readings_sent,
+        readings_stored=tally.readings_stored,
+        readings_failed=tally.readings_failed,
+        call_errors=tally.call_errors,
+        sessions=None if unreadable else found,
+        sessions_linked=linked,
+        sessions_stopped=stopped,
+    )
 
 
 async def _pace(mode: Mode, started: float, minute: int, speed: float) -> None:
@@ -572,7 +844,37 @@ def _fmt(value: float | None, decimals: int) -> str:
     return "-" if value is None else f"{value:.{decimals}f}"
 
 
+def _ocpp_lines(summary: Summary, o: OcppSummary) -> list[str]:
+    refused = f", {o.handshake_failures:,} refused at the handshake" if o.handshake_failures else ""
+    lost = f", {o.readings_failed:,} not stored" if o.readings_failed else ""
+    vehicles = summary.sent - o.readings_sent
+    lines = [
+        f"charge points     {o.connected:,} of {o.charge_points:,} connected over OCPP 1.6J at {o.url}/{{chargerId}}"
+        + refused,
+        f"transactions      {o.started:,} started, {o.stopped:,} stopped; {o.meter_values:,} MeterValues answered, "
+        f"{o.call_errors:,} CALLERRORs",
+        f"meter readings    {o.readings_sent:,} sent in MeterValues, {o.readings_stored:,} stored (CALLRESULT){lost}",
+        f"vehicle readings  {vehicles:,} sent over HTTP: {summary.accepted:,} accepted, "
+        f"{summary.duplicates:,} duplicates",
+        f"readings sent     {summary.sent:,} in {summary.seconds:.2f} s "
+        f"({summary.readings_per_second:,.0f} readings/s)",
+        f"failures          {summary.errors:,} (handshakes, OCPP calls, HTTP requests after "
+        f"{summary.retries:,} retries)"
+        + (f", {summary.failed_readings:,} vehicle readings" if summary.failed_readings else ""),
+    ]
+    if o.sessions is None:
+        lines.append("sessions          not asked (the key has no read scope, or the service did not answer)")
+    else:
+        lines.append(
+            f"sessions          {o.sessions:,} of {o.started:,} transactions shown by GET /v1/sessions/{{id}}: "
+            f"{o.sessions_linked:,} linked their vehicle to the meter, {o.sessions_stopped:,} stopped by the charger"
+        )
+    return lines
+
+
 def _delivery_lines(summary: Summary) -> list[str]:
+    if summary.ocpp is not None:
+        return _ocpp_lines(summary, summary.ocpp)
     if summary.transport == "http":
         return [
             f"readings sent     {summary.sent:,} in {summary.seconds:.2f} s "
@@ -611,7 +913,10 @@ def format_summary(summary: Summary, max_vehicles: int = 10) -> str:
     truth = summary.truth
     window = f"from={iso(truth.start)}&to={iso(truth.end)}"
     lines = _delivery_lines(summary)
-    lines.append(f"links             {summary.links:,} in place, {summary.link_conflicts:,} conflicts (409)")
+    if summary.ocpp is None:
+        lines.append(f"links             {summary.links:,} in place, {summary.link_conflicts:,} conflicts (409)")
+    else:
+        lines.append(f"links             none by hand: {summary.links:,} made by the sessions (source ocpp)")
     lines += [f"  error: {sample}" for sample in summary.error_samples]
     lines += [
         "",
@@ -626,12 +931,22 @@ def format_summary(summary: Summary, max_vehicles: int = 10) -> str:
             f"{truth.jumps:,} implausible jumps injected; totals are what the counter rules count "
             "(the first reading of each register counts nothing)"
         )
+        if summary.ocpp is not None:
+            lines.append(
+                "                  a meter's first reading is its transaction's meterStart, a minute before the "
+                "window: the first minute counts"
+            )
     lines += [
         f"check with        GET /v1/analytics/performance/{{vehicleId}}?{window}",
         f"                  GET /v1/analytics/meters/{{meterId}}?{window} (totalKwh = totalAc)",
     ]
     if truth.events:
         lines.append("                  GET /v1/{meters,vehicles}/{id}/resets (the resets and placeholders)")
+    if summary.ocpp is not None:
+        lines.append(
+            "                  GET /v1/sessions?vehicleId={vehicleId} (energyKwh = totalAc, excludedKwh = "
+            "excludedAc: one transaction spans the run)"
+        )
     header = f"{'vehicleId':<10} {'meterId':<10} {'totalAc':>12} {'totalDc':>12} {'efficiency':>10}  faulty"
     lines += ["", header + (f" {'excludedAc':>12} {'excludedDc':>12}" if excluded else "")]
     for v in truth.vehicles[:max_vehicles]:
@@ -716,7 +1031,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--key",
         default=os.environ.get("ENERGY_INGEST_KEY"),
-        help="API key with the admin scope (it links vehicles to meters); env ENERGY_INGEST_KEY",
+        help="API key with the admin scope (it links vehicles to meters, or registers the charge points and "
+        "idTags); env ENERGY_INGEST_KEY",
     )
     parser.add_argument("--devices", type=_positive_int, default=100, help="meters and as many vehicles (%(default)s)")
     parser.add_argument("--minutes", type=_positive_int, default=60, help="one-minute intervals (%(default)s)")
@@ -731,8 +1047,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--transport",
         choices=list(get_args(Transport)),
         default="http",
-        help="how readings go in: POST /v1/ingest, or MQTT QoS 1 to {prefix}/meters/{id} and "
-        "{prefix}/vehicles/{id} (links always go over HTTP) (%(default)s)",
+        help="how readings go in: POST /v1/ingest; MQTT QoS 1 to {prefix}/meters/{id} and {prefix}/vehicles/{id} "
+        "(links go over HTTP); or ocpp: each meter a charge point speaking OCPP 1.6J, in one transaction for its "
+        "vehicle's idTag over the run (registers; no link by hand), the vehicles over HTTP (%(default)s)",
+    )
+    parser.add_argument(
+        "--ocpp-url",
+        default=None,
+        help="OCPP: where the charge points connect, ws://host:port/ocpp or wss://… (default: --url's, "
+        "ws for http and wss for https, + /ocpp)",
     )
     parser.add_argument(
         "--mqtt-url",
@@ -755,14 +1078,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="readings per request (HTTP, default 1000) or per message of one device (MQTT, default 1: "
-        "one reading per message, more: JSON arrays)",
+        help="readings per request (HTTP, and the vehicles' requests with OCPP, default 1000) or per message of "
+        "one device (MQTT, default 1: one reading per message, more: JSON arrays)",
     )
     parser.add_argument(
         "--concurrency",
         type=_positive_int,
         default=None,
-        help="requests (HTTP, default 8) or unacknowledged messages (MQTT, default 64) in flight",
+        help="requests (HTTP, and the vehicles' requests with OCPP, default 8) or unacknowledged messages "
+        "(MQTT, default 64) in flight; with OCPP every charge point holds a connection of its own all along "
+        "(so --devices must stay within the service's MAX_CONNECTIONS × workers)",
     )
     parser.add_argument("--duplicates", type=_share, default=0.0, help="share of readings sent twice (%(default)s)")
     parser.add_argument(
@@ -781,7 +1106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="meters",
         default="none",
         help="report cumulative registers (kwhConsumedAcTotal, kwhDeliveredDcTotal) instead of interval "
-        "energy: meters (the default when given alone), vehicles or all",
+        "energy: meters (the default when given alone), vehicles or all; with --transport ocpp the meters' "
+        "always are (a charger's Energy.Active.Import.Register)",
     )
     parser.add_argument(
         "--resets",
@@ -828,9 +1154,13 @@ def main_from_args(args: argparse.Namespace) -> int:
     if start is None:
         # The server refuses readings more than a few minutes ahead, so the span ends now.
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=args.minutes)
+    registers: Literal["none", "meters", "vehicles", "all"] = args.registers
+    ocpp = args.transport == "ocpp"
+    if ocpp:  # a charger's meter reports its register
+        registers = "all" if registers in ("vehicles", "all") else "meters"
     late: float | None = args.late
     if late is None:
-        late = 0.01 if args.registers != "none" else 0.0
+        late = 0.01 if registers != "none" else 0.0
     try:
         config = FleetConfig(
             devices=args.devices,
@@ -841,7 +1171,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             duplicate_share=args.duplicates,
             out_of_order=args.out_of_order,
             late_share=late,
-            registers=args.registers,
+            registers=registers,
             reset_share=args.resets,
             placeholder_share=args.placeholders,
             jump_share=args.jumps,
@@ -862,6 +1192,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                 mqtt_url=args.mqtt_url,
                 mqtt_prefix=args.mqtt_prefix,
                 wait=args.wait,
+                ocpp_url=args.ocpp_url,
             )
         )
     except (ValueError, RunnerError) as exc:
