@@ -136,6 +136,34 @@ def test_the_next_start_on_the_connector_closes_a_transaction_that_never_stopped
     asyncio.run(scenario())
 
 
+def test_a_late_stop_stamped_after_the_next_start_does_not_reach_into_the_next_session(central: Server) -> None:
+    t = hour_ago(6)
+
+    async def scenario() -> None:
+        async with Operator(central) as op:
+            password = await op.register("CP-SKEW")
+            await op.tag("TAG-SKEW", "EV-SKEW")
+            async with station(central, "CP-SKEW", password) as cp:
+                await cp.boot()
+                first = await cp.start("TAG-SKEW", 10_000, t)
+                second = await cp.start("TAG-SKEW", 12_000, minutes(t, 30))
+                # The lost stop of the first arrives with a clock reading after the second's start.
+                await cp.stop(first, 12_000, minutes(t, 45))
+                await cp.meter_values([sample(minutes(t, 40), wh(13_000))], second)
+                await cp.stop(second, 14_000, minutes(t, 50))
+            sessions = {s["sessionId"]: s for s in await op.sessions(chargerId="CP-SKEW")}
+            assert (sessions[first]["endedBy"], sessions[first]["stop"]) == ("charger", iso(minutes(t, 30)))
+            assert sessions[first]["energyKwh"] == 2.0  # up to the second's start, not its readings
+            assert sessions[second]["energyKwh"] == 2.0
+            history = (await op.links("EV-SKEW"))["history"]
+            assert [(x["sessionId"], x["to"]) for x in history] == [
+                (first, iso(minutes(t, 30) + MICROSECOND)),
+                (second, iso(minutes(t, 50) + MICROSECOND)),
+            ]
+
+    asyncio.run(scenario())
+
+
 def test_a_start_sent_again_is_the_same_transaction(central: Server) -> None:
     t = hour_ago(2)
 

@@ -315,7 +315,12 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
             log.warning("%s: StopTransaction for unknown transaction %d: not stored", self.id, transaction_id)
         else:
             readings = self._readings(row.meter_id, decoded, "transactionData")
-            readings[at] = MeterReading(meter_id=row.meter_id, kwh_consumed_ac_total=meter_stop / 1000, timestamp=at)
+            # `meterStop` is the register when the session ended: a clock reading the session cannot
+            # end at (before its start, after an inferred end) is not trusted as its time.
+            stop_at = sessions.stop_time(row, at)
+            readings[stop_at] = MeterReading(
+                meter_id=row.meter_id, kwh_consumed_ac_total=meter_stop / 1000, timestamp=stop_at
+            )
             await self._store(readings)
             await self._keep_soc(row.connector_id, transaction_id, decoded)
             await sessions.stop(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -125,8 +126,19 @@ async def stop(
         if row is None or row.charger_id != charger_id:
             return None
         if row.ended_by != "charger":
-            await _close(conn, row, stopped_at, meter_stop_wh, reason, "charger")
+            await _close(conn, row, stop_time(row, stopped_at), meter_stop_wh, reason, "charger")
         return await repo.by_id(conn, session_id)
+
+
+def stop_time(row: SessionRow, stopped_at: datetime) -> datetime:
+    """When a StopTransaction stamped `stopped_at` ends this session. One closed by inference at the next
+    start or boot had stopped by then: a later clock reading of the charger's must not reach into the
+    next session."""
+    if row.ended_by == "inferred" and row.stopped_at is not None:
+        return min(stopped_at, row.stopped_at)
+    if row.ended_by == "charger":  # a stop sent again
+        return stopped_at
+    return max(stopped_at, row.started_at)
 
 
 async def close_open(pool: Pool, charger_id: str, at: datetime) -> int:
@@ -254,3 +266,18 @@ async def page(
         rows = rows[:limit]
         views = await _views(conn, rows, datetime.now(UTC), raw_retention_days)
     return SessionPage(sessions=views, next_cursor=_cursor(rows[-1]) if more else None)
+
+
+async def ended(
+    conn: Conn,
+    *,
+    started_after: datetime,
+    stopped_before: datetime,
+    skip: Collection[int],
+    raw_retention_days: int,
+) -> list[Session]:
+    """Stopped sessions of a vehicle (started after `started_after`, stopped before `stopped_before`) but those in
+    `skip`, in the order they stopped, with their energy: for the session_without_dc alert rule, which judges
+    each session once."""
+    rows = [row for row in await repo.ended(conn, started_after, stopped_before) if row.session_id not in skip]
+    return await _views(conn, rows, datetime.now(UTC), raw_retention_days) if rows else []
