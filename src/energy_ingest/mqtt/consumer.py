@@ -54,6 +54,7 @@ from energy_ingest.ingest.service import IngestService
 from energy_ingest.keys.service import Principal
 from energy_ingest.metrics import MQTT_CONNECTED, MQTT_DISCONNECTS, MQTT_MESSAGES
 from energy_ingest.mqtt import payloads
+from energy_ingest.mqtt.properties import share_tables
 from energy_ingest.readings.decode import DecodedBatch, Rules, decode_json
 
 log = logging.getLogger("energy_ingest.mqtt")
@@ -104,6 +105,7 @@ class Consumer:
     """One worker's MQTT consumer; `run` until cancelled."""
 
     def __init__(self, settings: Settings, ingest: IngestService, rules: Rules) -> None:
+        share_tables()  # paho's per-message cost (mqtt/properties.py)
         self._settings = settings
         self._ingest = ingest
         self._rules = rules
