@@ -26,7 +26,7 @@ def test_properties_encode_and_decode_the_same_with_shared_tables() -> None:
     sent = _publish_properties()
     assert sent.pack() == before
 
-    read = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    read: Any = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     read.unpack(before)
     assert read.ContentType == "application/json"
     assert read.MessageExpiryInterval == 3600
@@ -38,7 +38,7 @@ def test_properties_encode_and_decode_the_same_with_shared_tables() -> None:
 def test_each_properties_object_keeps_its_own_properties() -> None:
     share_tables()
     one = _publish_properties()
-    other = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    other: Any = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     assert other.isEmpty()
     assert not hasattr(other, "ContentType")
     # Reading a packet without properties into an object clears what it held.
