@@ -16,6 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from energy_ingest import __version__
 from energy_ingest.analytics.endpoints import fleet_report, meter_analytics, vehicle_performance
+from energy_ingest.bus.publisher import BusPublisher
 from energy_ingest.chargers.endpoints import (
     delete_charger,
     delete_id_tag,
@@ -29,6 +30,7 @@ from energy_ingest.chargers.endpoints import (
 from energy_ingest.config import Settings
 from energy_ingest.db.partitions import compact_closed_days, drop_expired
 from energy_ingest.db.pool import open_pool
+from energy_ingest.db.replica import ReadPools
 from energy_ingest.http.auth import authenticate, document_auth
 from energy_ingest.http.context import Services, get_services
 from energy_ingest.http.front import FrontDoor
@@ -115,13 +117,19 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
         with contextlib.suppress(Exception):  # the database may be away at start; the poller catches up
             async with pool.connection(timeout=settings.db_timeout_s) as conn:
                 await keys.refresh(conn)
+        # Bus mode: readings go to the stream, and `energy-ingest writer` processes commit them.
+        bus = BusPublisher(settings) if settings.bus_url else None
+        read_pool = await open_pool(settings.read_database_url, settings) if settings.read_database_url else None
+        reads = ReadPools(pool, read_pool)
         services = Services(
             settings=settings,
             pool=pool,
             writer=writer,
             rules=rules_from(settings),
             keys=keys,
-            ingest=IngestService(writer, keys),
+            ingest=IngestService(writer, keys, bus),
+            bus=bus,
+            reads=reads,
         )
         services.websocket = Gateway(settings, pool, services.ingest)
         app.state.services = services
@@ -129,6 +137,9 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
         upkeep = asyncio.create_task(_keep_partitions(services), name="partition-upkeep")
         sampler = asyncio.create_task(_sample_queue(writer), name="queue-sampler")
         key_poller = asyncio.create_task(keep_fresh(keys, pool), name="key-poller")
+        bus_tasks = [asyncio.create_task(bus.run(), name="bus-publisher")] if bus is not None else []
+        if read_pool is not None:
+            bus_tasks.append(asyncio.create_task(reads.watch(), name="read-replica-watch"))
         mqtt = None
         if settings.mqtt_url:
             consumer = MqttConsumer(settings, services.ingest, services.rules)
@@ -148,6 +159,12 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
                 mqtt.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await mqtt
+            for task in bus_tasks:  # after the writer: no request is in flight any more
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if read_pool is not None:
+                await read_pool.close()
             await pool.close()
 
     app = Litestar(

@@ -1,4 +1,4 @@
-"""The `energy-ingest` command: serve, migrate."""
+"""The `energy-ingest` command: serve, writer, migrate, keys, chargers, rollups, readings, simulate."""
 
 from __future__ import annotations
 
@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         help="no API keys: anyone who reaches the port may do anything (env AUTH=off; loopback only, for demos)",
     )
+
+    writer = sub.add_parser(
+        "writer", help="bus mode: commit the readings the front ends publish to BUS_URL (run several, anywhere)"
+    )
+    _database_flags(writer)
+    writer.add_argument("--bus-url", help="comma-separated nats:// URLs of the cluster (env BUS_URL)")
+    writer.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="env LOG_LEVEL")
 
     keys = sub.add_parser("keys", help="API keys: create, list, revoke")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -304,6 +311,26 @@ def _serve(settings: Settings) -> None:
     server.serve(settings)
 
 
+def _writer(settings: Settings) -> None:
+    from energy_ingest.bus import consumer
+
+    if not settings.bus_url:
+        sys.exit("energy-ingest: the writer needs BUS_URL (or --bus-url): the NATS servers the front ends publish to")
+    url, _embedded = resolve_database(settings)
+    _migrate(url)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop_signal, stop.set)
+        log.info("writer: committing readings from %s into the database", settings.bus_url)
+        await consumer.run_writer(settings, url, stop)
+        log.info("writer: stopped; every message taken was committed and acknowledged")
+
+    asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     # The simulator takes its own flags, not the service's settings.
@@ -322,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "serve":
             _serve(settings)
+        elif args.command == "writer":
+            _writer(settings)
         elif args.command == "migrate":
             url, _embedded = resolve_database(settings)
             _migrate(url)

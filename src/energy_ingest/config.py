@@ -58,6 +58,16 @@ class Settings:
     writer_concurrency: int = 2
     max_pending_readings: int = 100_000
     copy_threshold_readings: int = 1_000
+    # bus mode (off unless BUS_URL is set): front ends publish to a NATS JetStream stream, writers commit
+    bus_url: str = ""  # comma-separated nats:// URLs of the cluster's servers
+    bus_stream: str = "READINGS"
+    bus_partitions: int = 8  # subjects the stream is split into by device; one durable consumer each
+    bus_replicas: int = 0  # 0: 3 when three or more servers are known, else 1
+    bus_max_bytes: int = 1024**3  # the backlog's bound: past it front ends answer 429
+    bus_max_age_s: float = 7 * 86_400.0  # JetStream drops older messages: front ends refuse (503) at half of it
+    bus_ack_wait_s: float = 30.0  # a writer's unacknowledged messages go to another writer after this
+    # reads that may come from a streaming replica (analytics, live state); none: the primary
+    read_database_url: str = ""
     # database pool
     pool_max_size: int = 8
     db_timeout_s: float = 5.0
@@ -87,6 +97,11 @@ class Settings:
         if self.allowed_hosts.strip():
             return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
         return frozenset({self.host.lower(), "localhost", "127.0.0.1", "::1", "[::1]"})
+
+    @property
+    def bus_servers(self) -> list[str]:
+        """BUS_URL's servers; empty in direct mode."""
+        return [u.strip() for u in self.bus_url.split(",") if u.strip()]
 
     @property
     def loopback(self) -> bool:
@@ -131,6 +146,24 @@ class Settings:
             ),
             (self.pool_max_size > self.writer_concurrency, "POOL_MAX_SIZE must exceed WRITER_CONCURRENCY"),
             (self.db_timeout_s > 0, "DB_TIMEOUT_S must be > 0"),
+            (
+                all(u.strip().startswith(("nats://", "tls://")) for u in self.bus_url.split(",")) or not self.bus_url,
+                "BUS_URL must be comma-separated nats:// (or tls://) URLs",
+            ),
+            (
+                self.bus_stream.replace("_", "").replace("-", "").isalnum(),
+                "BUS_STREAM must be letters, digits, - and _",
+            ),
+            (1 <= self.bus_partitions <= 1024, "BUS_PARTITIONS must be between 1 and 1024"),
+            (0 <= self.bus_replicas <= 5, "BUS_REPLICAS must be between 0 (automatic) and 5"),
+            (self.bus_max_bytes >= 1024 * 1024, "BUS_MAX_BYTES must be >= 1048576"),
+            (self.bus_max_age_s >= 60, "BUS_MAX_AGE_S must be >= 60"),
+            (1 <= self.bus_ack_wait_s <= 3600, "BUS_ACK_WAIT_S must be between 1 and 3600"),
+            (
+                not self.read_database_url or self.read_database_url.startswith(("postgresql://", "postgres://")),
+                "READ_DATABASE_URL must be a postgresql:// URL",
+            ),
+            (self.workers >= 1, "WORKERS must be >= 1"),
             (self.workers >= 1, "WORKERS must be >= 1"),
         ]
         if not self.auth and not self.loopback:

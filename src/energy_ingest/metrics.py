@@ -77,3 +77,36 @@ OCPP_MESSAGES = Counter(
 OCPP_IGNORED_VALUES = Counter(
     "energy_ingest_ocpp_ignored_values", "Sampled values left out: measurands not kept, or not in the Raw format"
 )
+
+# Bus mode. The backlog is JetStream's word, sampled by every front-end worker each second.
+BUS_PUBLISHED = Counter(
+    "energy_ingest_bus_published_readings", "Readings a front end published and JetStream acknowledged"
+)
+BUS_BACKLOG_MESSAGES = Gauge(
+    "energy_ingest_bus_backlog_messages",
+    "Messages of a partition not yet acknowledged by a writer (waiting or being written)",
+    ["partition"],
+    multiprocess_mode="livemostrecent",
+)
+BUS_BACKLOG_AGE = Gauge(
+    "energy_ingest_bus_backlog_age_seconds",
+    "How long the oldest unwritten message of a partition has waited (0: none)",
+    ["partition"],
+    multiprocess_mode="livemostrecent",
+)
+BUS_STREAM_BYTES = Gauge(
+    "energy_ingest_bus_stream_bytes",
+    "Bytes the stream holds (its backlog), against BUS_MAX_BYTES",
+    multiprocess_mode="livemostrecent",
+)
+BUS_DEAD_LETTERS = Gauge(
+    "energy_ingest_bus_dead_letters",
+    "Messages writers could never store, kept with the reason in the dead-letter stream",
+    multiprocess_mode="livemostrecent",
+)
+BUS_WRITTEN = Counter(
+    "energy_ingest_bus_written_readings", "Readings a writer took from the bus and committed (new or duplicate)"
+)
+BUS_DEAD_LETTERED = Counter(
+    "energy_ingest_bus_dead_lettered", "Readings a writer moved to the dead-letter subject, by reason", ["reason"]
+)

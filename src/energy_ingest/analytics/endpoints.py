@@ -65,7 +65,7 @@ async def vehicle_performance(
     tz: Tz = "UTC",
 ) -> PerformanceReport:
     window = _window(services, from_, to, bucket, tz)
-    return await service.performance(services.pool, vehicleId, window, services.settings.efficiency_threshold)
+    return await service.performance(services.read_pool, vehicleId, window, services.settings.efficiency_threshold)
 
 
 @get(
@@ -84,7 +84,7 @@ async def meter_analytics(
     bucket: BucketParam = None,
     tz: Tz = "UTC",
 ) -> MeterReport:
-    return await service.meter_report(services.pool, meterId, _window(services, from_, to, bucket, tz))
+    return await service.meter_report(services.read_pool, meterId, _window(services, from_, to, bucket, tz))
 
 
 @get(
@@ -122,4 +122,4 @@ async def fleet_report(
     threshold = services.settings.efficiency_threshold if below is None else below
     min_ac = parse_finite("minAcKwh", min_ac_kwh)
     assert min_ac is not None
-    return await fleet.report(services.pool, window, threshold, min_ac, limit, cursor)
+    return await fleet.report(services.read_pool, window, threshold, min_ac, limit, cursor)

@@ -1,4 +1,5 @@
-"""GET /health (the process answers) and GET /ready (the database answers, and the MQTT broker when MQTT_URL is set).
+"""GET /health (the process answers) and GET /ready (the database answers, and the MQTT broker when MQTT_URL is set;
+in bus mode: the bus takes readings, and the answer carries its backlog per partition).
 
 /health is 503 only when the embedded server is down for good: `serve`'s supervisor writes its state to the
 file named by EMBEDDED_STATE_FILE (unset for an external DATABASE_URL) and says "failed" after repeated
@@ -19,8 +20,26 @@ from energy_ingest.http.context import ServicesDep
 from energy_ingest.http.openapi import DATABASE_DOWN, ProblemOperation, problems
 
 
-class Status(msgspec.Struct):
+class PartitionState(msgspec.Struct, rename="camel"):
+    partition: int
+    messages: int  # not yet acknowledged by a writer
+    age_seconds: float  # how long the oldest of them has waited
+
+
+class BusState(msgspec.Struct, rename="camel"):
+    """Bus mode: the stream's backlog, as JetStream said at most a second or two ago."""
+
+    partitions: list[PartitionState]
+    bytes: int
+    max_bytes: int
+    dead_letters: int
+    leader: str | None
+    database: str  # "ok", or why not: the front end takes readings anyway, the writers wait for it
+
+
+class Status(msgspec.Struct, omit_defaults=True):
     status: str
+    bus: BusState | None = None
 
 
 @get(
@@ -44,11 +63,13 @@ async def health() -> Status:
 @get(
     "/ready",
     tags=["health"],
-    summary="The database answers (503 otherwise)",
+    summary="The database answers (503 otherwise); in bus mode: the bus takes readings, with its backlog",
     operation_class=ProblemOperation,
-    responses=problems({503: DATABASE_DOWN}),
+    responses=problems({503: DATABASE_DOWN + "; in bus mode: the bus cannot take readings"}),
 )
 async def ready(services: ServicesDep) -> Status:
+    if services.bus is not None:
+        return await _bus_ready(services)
     try:
         # A probe answers at once: a database that takes over a second to hand out a connection is not ready.
         async with services.pool.connection(timeout=min(services.settings.db_timeout_s, 1.0)) as conn:
@@ -66,3 +87,38 @@ async def ready(services: ServicesDep) -> Status:
             title="MQTT broker unavailable",
         )
     return Status(status="ready")
+
+
+async def _bus_ready(services: ServicesDep) -> Status:
+    """Ready means: readings are taken. The database may be away (the writers wait for it), so it is
+    reported, not required."""
+    assert services.bus is not None
+    retry = services.settings.retry_after_s
+    down = services.bus.down()
+    backlog = services.bus.backlog
+    if down is not None or backlog is None:
+        raise Unavailable(
+            f"the bus cannot take readings: {down or 'no word from the stream yet'}",
+            retry_after=retry,
+            title="Bus unavailable",
+        )
+    try:
+        async with services.pool.connection(timeout=min(services.settings.db_timeout_s, 1.0)) as conn:
+            await conn.execute("SELECT 1")
+        database = "ok"
+    except Exception as exc:
+        database = f"unavailable: {type(exc).__name__}"
+    mqtt_down = services.mqtt_down() if services.mqtt_down is not None else None
+    if mqtt_down is not None:
+        raise Unavailable(
+            f"the MQTT broker is not connected: {mqtt_down}", retry_after=retry, title="MQTT broker unavailable"
+        )
+    state = BusState(
+        partitions=[PartitionState(p.partition, p.messages, round(p.age_s, 3)) for p in backlog.partitions],
+        bytes=backlog.bytes,
+        max_bytes=backlog.max_bytes,
+        dead_letters=backlog.dead_letters,
+        leader=backlog.leader,
+        database=database,
+    )
+    return Status(status="ready", bus=state)

@@ -30,6 +30,7 @@ from energy_ingest.readings.decode import decode_body
 from energy_ingest.readings.model import MeterReading, VehicleReading
 
 PATH = "/v1/ingest"
+_JSON = "application/json"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -37,6 +38,13 @@ class IngestAccepted(msgspec.Struct):
     status: str
     accepted: int
     duplicates: int
+
+
+class IngestQueued(msgspec.Struct):
+    """Bus mode: in the stream, replicated; a writer commits them (and counts duplicates) later."""
+
+    status: str
+    accepted: int
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:
@@ -122,15 +130,18 @@ _ERRORS = {
     413: "Body over BODY_LIMIT_BYTES or more readings than MAX_READINGS_PER_REQUEST; nothing was stored",
     415: "Content-Type is neither JSON nor NDJSON",
     429: "The ingest queue is full, the key's rate limit is spent, or the server holds as many request bodies "
-    "as it may: nothing of the request was taken; retry after `Retry-After` seconds",
+    "as it may: nothing of the request was taken; retry after `Retry-After` seconds. In bus mode also: the "
+    "stream's backlog is full (BUS_MAX_BYTES)",
     503: DATABASE_DOWN + "; nothing was stored (if the database went away during the commit itself, the readings "
-    "may have been stored: resend, and they come back as duplicates)",
+    "may have been stored: resend, and they come back as duplicates). In bus mode: the bus cannot take readings "
+    "(no server or stream leader, or the writers too far behind); resend, readings taken count once",
 }
 
 
 def operation() -> PathItem:
     """The OpenAPI description of this endpoint (an ASGI handler has none of its own)."""
     accepted = msgspec.json.schema(IngestAccepted)
+    queued = msgspec.json.schema(IngestQueued)
     op = _IngestOperation(
         operation_id="IngestReadings",
         tags=["ingest"],
@@ -143,6 +154,11 @@ def operation() -> PathItem:
             "201": OpenAPIResponse(
                 description="Stored (`accepted`) or already there (`duplicates`), answered after the commit",
                 content={"application/json": OpenAPIMediaType(schema=cast(Schema, accepted))},
+            ),
+            "202": OpenAPIResponse(
+                description="Bus mode (BUS_URL set): every reading is in the replicated stream; a writer commits "
+                "them and counts duplicates later",
+                content={"application/json": OpenAPIMediaType(schema=cast(Schema, queued))},
             ),
             **problem_objects(_ERRORS),
         },
@@ -172,8 +188,11 @@ async def ingest(scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(k.lower().encode(), v.encode()) for k, v in problem.headers.items()]
         await _answer(send, problem.status, body, PROBLEM_JSON, headers)
     else:
+        if result.queued:
+            await _answer(send, 202, _encode(IngestQueued(status="accepted", accepted=result.accepted)), _JSON, [])
+            return
         answer = IngestAccepted(status="ok", accepted=result.accepted, duplicates=result.duplicates)
-        await _answer(send, 201, _encode(answer), "application/json", [])
+        await _answer(send, 201, _encode(answer), _JSON, [])
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -1,5 +1,6 @@
-"""The one ingest core: every way in (HTTP, MQTT, OCPP, the bus) hands it decoded readings and the
-principal that sent them, and gets the outcome only after the readings are committed.
+"""The one ingest core: every way in (HTTP, MQTT, OCPP) hands it decoded readings and the principal that
+sent them, and gets the outcome only after the readings are committed, or, in bus mode, only after the bus
+has acknowledged them (a writer process commits them through the same group-commit writer).
 
 It raises domain errors only (errors.py): Forbidden (scope, device binding), Overloaded (a full
 writer or a key's rate limit), Unavailable (the database). Nothing of a refused request is stored.
@@ -7,22 +8,36 @@ writer or a key's rate limit), Unavailable (the database). Nothing of a refused 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from energy_ingest.errors import Forbidden
 from energy_ingest.ingest.writer import GroupCommitWriter, IngestResult
 from energy_ingest.keys.service import KeyCache, Principal
 from energy_ingest.readings.decode import DecodedBatch
 
 
+class Bus(Protocol):
+    """Bus mode (BUS_URL): where readings go instead of this process's writer (bus/publisher.py).
+    `publish` returns once the bus holds every reading, or raises Overloaded or Unavailable."""
+
+    async def publish(self, batch: DecodedBatch) -> None: ...
+
+
 class IngestService:
-    def __init__(self, writer: GroupCommitWriter, keys: KeyCache) -> None:
+    def __init__(self, writer: GroupCommitWriter, keys: KeyCache, bus: Bus | None = None) -> None:
         self._writer = writer
         self._keys = keys
+        self._bus = bus
 
     async def ingest(self, batch: DecodedBatch, principal: Principal) -> IngestResult:
         principal.require("ingest")
         if principal.device_id is not None:
             _check_binding(batch, principal.device_id)
         self._keys.take(principal, len(batch))
+        if self._bus is not None:
+            # Committed later by a writer process; duplicates are counted there.
+            await self._bus.publish(batch)
+            return IngestResult(accepted=len(batch), duplicates=0, queued=True)
         return await self._writer.submit(batch)
 
 

@@ -36,6 +36,9 @@ _CONFLICT_ATTEMPTS = 8
 class IngestResult:
     accepted: int
     duplicates: int
+    # Bus mode: the readings are in the stream, not yet committed (`accepted` counts them all; duplicates
+    # are counted later, by the writer).
+    queued: bool = False
 
 
 class Overloaded(errors.Overloaded):
@@ -173,8 +176,9 @@ class GroupCommitWriter:
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
-    async def submit(self, batch: DecodedBatch) -> IngestResult:
-        """Queue a request's readings; return once they are committed."""
+    async def submit(self, batch: DecodedBatch, received_at: datetime | None = None) -> IngestResult:
+        """Queue a request's readings; return once they are committed. `received_at`: when the service
+        received them, if not now (a bus writer passes the front end's time)."""
         size = len(batch)
         loop = asyncio.get_running_loop()
         # Bounds on memory (readings, requests) and on latency (how long the oldest request has
@@ -188,7 +192,7 @@ class GroupCommitWriter:
             if self._unavailable is not None:  # the queue is full because the database is away
                 raise DatabaseUnavailable(self._unavailable)
             raise Overloaded()
-        request = _Request(batch, datetime.now(UTC), loop.create_future(), loop.time())
+        request = _Request(batch, received_at or datetime.now(UTC), loop.create_future(), loop.time())
         self._pending_readings += size
         self._pending_requests += 1
         self._queued_readings += size

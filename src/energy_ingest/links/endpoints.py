@@ -83,6 +83,8 @@ async def put_link(services: ServicesDep, data: JSONBody[LinkRequest], vehicleId
     if start.tzinfo is None:
         raise InvalidInput("`from` needs `Z` or an offset", errors=[{"field": "from", "reason": "no time zone"}])
     _, created = await service.link(services.pool, vehicleId, data.meter_id, start)
+    if services.reads is not None:  # analytics read next must see the new link, even from a replica
+        await services.reads.fence()
     rows = await service.history(services.pool, vehicleId)
     return Response(_state(vehicleId, rows, now), status_code=201 if created else 200)
 
@@ -113,4 +115,6 @@ async def get_link(services: ServicesDep, vehicleId: VehicleIdPath) -> LinkState
 async def delete_link(services: ServicesDep, vehicleId: VehicleIdPath) -> LinkState:
     now = datetime.now(UTC)
     await service.unlink(services.pool, vehicleId, now)
+    if services.reads is not None:
+        await services.reads.fence()
     return _state(vehicleId, await service.history(services.pool, vehicleId), now)

@@ -79,7 +79,7 @@ async def vehicles_live(
     services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
 ) -> VehiclePage:
     rows = await repository.vehicles(
-        services.pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
+        services.read_pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
     )
     return VehiclePage(devices=rows, next_cursor=rows[-1].vehicle_id if len(rows) == limit else None)
 
@@ -96,7 +96,7 @@ async def meters_live(
     services: ServicesDep, limit: Limit = 100, cursor: Cursor = None, stale: Stale = None
 ) -> MeterPage:
     rows = await repository.meters(
-        services.pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
+        services.read_pool, _limit(limit), parse_device_cursor("cursor", cursor), _silent_since(stale)
     )
     return MeterPage(devices=rows, next_cursor=rows[-1].meter_id if len(rows) == limit else None)
 
@@ -110,7 +110,7 @@ async def meters_live(
     responses=problems({400: BAD_PARAMETERS, 404: "No reading from this meter", 503: DATABASE_DOWN}),
 )
 async def meter_live(services: ServicesDep, meterId: MeterIdPath) -> MeterLive:
-    found = await repository.meter(services.pool, meterId)
+    found = await repository.meter(services.read_pool, meterId)
     if found is None:
         raise NotFound(f"no reading from meter {meterId}")
     return found
@@ -125,7 +125,7 @@ async def meter_live(services: ServicesDep, meterId: MeterIdPath) -> MeterLive:
     responses=problems({400: BAD_PARAMETERS, 404: "No reading from this vehicle", 503: DATABASE_DOWN}),
 )
 async def vehicle_live(services: ServicesDep, vehicleId: VehicleIdPath) -> VehicleLive:
-    found = await repository.vehicle(services.pool, vehicleId)
+    found = await repository.vehicle(services.read_pool, vehicleId)
     if found is None:
         raise NotFound(f"no reading from vehicle {vehicleId}")
     return found
@@ -143,7 +143,7 @@ _RESETS = problems({400: BAD_PARAMETERS, 404: "The device has sent no reading", 
     responses=_RESETS,
 )
 async def meter_resets(services: ServicesDep, meterId: MeterIdPath) -> list[RegisterEvent]:
-    found = await repository.register_events(services.pool, METER, meterId)
+    found = await repository.register_events(services.read_pool, METER, meterId)
     if found is None:
         raise NotFound(f"meter {meterId} has sent no reading")
     return found
@@ -158,7 +158,7 @@ async def meter_resets(services: ServicesDep, meterId: MeterIdPath) -> list[Regi
     responses=_RESETS,
 )
 async def vehicle_resets(services: ServicesDep, vehicleId: VehicleIdPath) -> list[RegisterEvent]:
-    found = await repository.register_events(services.pool, VEHICLE, vehicleId)
+    found = await repository.register_events(services.read_pool, VEHICLE, vehicleId)
     if found is None:
         raise NotFound(f"vehicle {vehicleId} has sent no reading")
     return found
