@@ -1,5 +1,6 @@
-"""`energy-ingest-bench`: run the ingest benchmark (or `--analytics`) against a fresh database and write
-RESULTS.md and results.json. `--quick` is a smoke test: tiny sizes, results in a temporary directory."""
+"""`energy-ingest-bench`: run the ingest benchmark (HTTP, MQTT and OCPP phases; or `--analytics`, or only
+`--ocpp-only`) against a fresh database and write RESULTS.md and results.json. `--quick` is a smoke test:
+tiny sizes, results in a temporary directory."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from energy_ingest_bench import analytics, ingest, mqtt_ingest
+from energy_ingest_bench import analytics, ingest, mqtt_ingest, ocpp_load
 from energy_ingest_bench.harness import FreshDatabase, Server
 
 # Sizes of a full run, and of `--quick`; a flag given on the command line wins over both.
@@ -32,6 +33,10 @@ FULL: dict[str, Any] = {
     "mqtt_singles": 200_000,
     "mqtt_arrays": 4_000,
     "mqtt_devices": 10_000,
+    "ocpp_chargers": 1_000,
+    "ocpp_interval": 10.0,
+    "ocpp_duration": 40.0,
+    "ocpp_settle_s": ocpp_load.SETTLE_S,
 }
 QUICK: dict[str, Any] = {
     "runs": 1,
@@ -49,6 +54,10 @@ QUICK: dict[str, Any] = {
     "mqtt_singles": 2_000,
     "mqtt_arrays": 20,
     "mqtt_devices": 100,
+    "ocpp_chargers": 20,
+    "ocpp_interval": 1.0,
+    "ocpp_duration": 3.5,
+    "ocpp_settle_s": 0.5,
 }
 
 
@@ -85,6 +94,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-devices", type=int, help=f"meters publishing over MQTT ({FULL['mqtt_devices']:,})")
     p.add_argument("--mqtt-publishers", type=int, default=2, help="MQTT publisher processes")
     p.add_argument("--mqtt-connections", type=int, default=8, help="MQTT publisher connections in all")
+    p.add_argument("--no-ocpp", dest="ocpp", action="store_false", help="leave out the OCPP phase")
+    p.add_argument(
+        "--ocpp-only",
+        action="store_true",
+        help="run only the OCPP phase; the other sections of the results stay as they were",
+    )
+    p.add_argument(
+        "--ocpp-chargers", type=int, help=f"OCPP charge points connected at once ({FULL['ocpp_chargers']:,})"
+    )
+    p.add_argument(
+        "--ocpp-interval", type=float, help=f"seconds between a charge point's MeterValues ({FULL['ocpp_interval']:g})"
+    )
+    p.add_argument(
+        "--ocpp-duration",
+        type=float,
+        help=f"seconds of MeterValues after all are connected ({FULL['ocpp_duration']:g}: at least 3 rounds)",
+    )
+    p.add_argument(
+        "--ocpp-settle-s",
+        type=float,
+        help=f"OCPP: pause before each memory sample ({FULL['ocpp_settle_s']:g})",
+    )
     p.add_argument("--analytics", action="store_true", help="run the analytics benchmark instead")
     p.add_argument("--devices", type=int, help=f"analytics: meters and as many vehicles ({FULL['devices']:,})")
     p.add_argument("--days", type=int, help=f"analytics: days of one reading a minute ({FULL['days']})")
@@ -120,6 +151,19 @@ def run_analytics(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def command(args: argparse.Namespace) -> str:
+    """How the benchmark was started, as the report names it (without the database URL)."""
+    return "energy-ingest-bench" + (" --quick" if args.quick else "") + (" --ocpp-only" if args.ocpp_only else "")
+
+
+def run_ocpp(args: argparse.Namespace) -> dict[str, Any]:
+    db = FreshDatabase.create(args.database_url)
+    try:
+        return ocpp_load.run(args, db.admin, command(args), db.embedded.pgdata if db.embedded else None)
+    finally:
+        db.drop()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run one benchmark; keep the other's last results, and write both to RESULTS.md."""
     args = parse(argv)
@@ -131,12 +175,17 @@ def main(argv: list[str] | None = None) -> None:
         combined = {"ingest": combined}
     if args.analytics:
         combined["analytics"] = run_analytics(args)
+    elif args.ocpp_only:
+        combined["ocpp"] = run_ocpp(args)
     else:
-        combined["ingest"] = ingest.run(args)
+        combined["ingest"] = ingest.run(args, command(args))
+        combined["ocpp"] = combined["ingest"].pop("ocpp")
     path.write_text(json.dumps(combined, indent=2) + "\n")
     parts = ["# Benchmark results", ""]
     if "ingest" in combined:
         parts.append(ingest.render(combined["ingest"]))
+    if "ocpp" in combined:
+        parts += ocpp_load.render(combined["ocpp"])
     if "analytics" in combined:
         parts += analytics.render(combined["analytics"])
     text = "\n".join(parts)

@@ -4,7 +4,8 @@ Starts the real server (`energy-ingest serve`) as a subprocess and drives it ove
 this process. Each run measures: batches of 1,000 and single readings (the standard figures), the raw
 ceiling (binary COPY of the same kind of rows straight into the same tables), and the mixed workload
 with its two pure parts. Then one overload phase sends both shapes open loop at twice their
-sustainable rates. Last, the same readings over MQTT (mqtt_ingest.py), when Mosquitto is installed.
+sustainable rates. Then the same readings over MQTT (mqtt_ingest.py), when Mosquitto is installed. Last,
+OCPP charge points (ocpp_load.py), whose results stand in a section of their own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import psycopg
 
 from energy_ingest import __version__
 from energy_ingest.db.partitions import PartitionKeeper
-from energy_ingest_bench import mqtt_ingest
+from energy_ingest_bench import mqtt_ingest, ocpp_load
 from energy_ingest_bench.harness import FreshDatabase, Server, deadlocks, stored_readings
 from energy_ingest_bench.load import Outcome, Stream, Tally, closed_loop, median_ms, open_loop, percentile_ms
 from energy_ingest_bench.load import run as run_load
@@ -237,7 +238,8 @@ def _mixed_summary(rounds: list[dict[str, Any]], args: argparse.Namespace) -> di
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The ingest benchmark's results; under "ocpp", the OCPP phase's (or why it was skipped)."""
     db = FreshDatabase.create(args.database_url)
     embedded, url = db.embedded, db.url
     readings = MeterSequence()
@@ -303,6 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     auth_cost = Figure("single-reading ingest with keys / without", "ratio", [])
     auth_cost.runs = [a / b for a, b in zip(single.runs, single_no_auth.runs, strict=True) if b]
     mqtt = mqtt_ingest.run(args, db.admin)
+    ocpp = ocpp_load.run(args, db.admin, command, embedded.pgdata if embedded else None)
     mem = psutil.virtual_memory()
     with psycopg.connect(url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
@@ -332,6 +335,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mixed": _mixed_summary(rounds, args),
         "overload": overload,
         "mqtt": mqtt,
+        "ocpp": ocpp,
     }
     db.drop()
     return result

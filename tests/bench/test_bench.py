@@ -19,7 +19,7 @@ print(sorted(name for name in sys.modules if name.split(".")[0] == "energy_inges
 """
 
 
-def test_quick_run_reports_mixed_workload_overload_and_mqtt(database_url: str, tmp_path: Path) -> None:
+def test_quick_run_reports_mixed_workload_overload_mqtt_and_ocpp(database_url: str, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "energy_ingest_bench", "--quick", "--database-url", database_url]
     done = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -43,6 +43,17 @@ def test_quick_run_reports_mixed_workload_overload_and_mqtt(database_url: str, t
         assert {"share_429", "p99_ms", "statuses", "offered_requests_per_s"} <= set(shape)
     assert overload["readings_acknowledged"] == overload["readings_stored"] > 0  # nothing acknowledged is lost
     assert overload["server_peak_rss_mib"] > 0
+
+    # OCPP (quick: 20 charge points, MeterValues every second for 3.5 s): every one connected and answered,
+    # and every answered MeterValues is a stored reading.
+    ocpp = json.loads((tmp_path / "results.json").read_text())["ocpp"]
+    assert "## OCPP 1.6J charge points" in report
+    assert "| memory per connection (all connected and in a transaction) |" in report
+    assert "| MeterValues CALLRESULT latency p99 |" in report and "| readings stored |" in report
+    assert ocpp["connected"] == ocpp["attempted"] == ocpp["still_open"] == 20
+    assert not ocpp["handshake_failures"] and not ocpp["opening_failures"] and not ocpp["failures"]
+    assert ocpp["meter_values_answered"] == ocpp["meter_values_sent"] == ocpp["readings_stored"] >= 3 * 20
+    assert {f["unit"] for f in ocpp["figures"]} >= {"KiB", "ms", "readings/s"}
 
     mqtt = ingest["mqtt"]
     if mosquitto_binary() is None:  # the phase is left out, and the report says why

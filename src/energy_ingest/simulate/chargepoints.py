@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import websockets
-from ocpp.exceptions import OCPPError
+from ocpp.exceptions import InternalError, OCPPError, UnknownCallErrorCodeError, ValidationError
 from ocpp.v16 import ChargePoint, call
 from ocpp.v16.enums import AuthorizationStatus, ChargePointErrorCode, ChargePointStatus, Reason
 from websockets.asyncio.client import connect
@@ -40,6 +40,10 @@ MODEL = "simulate"
 # A charger gives up on a CALL after this long without an answer (the library's default is 30 s).
 RESPONSE_TIMEOUT_S = 60.0
 HANDSHAKE_TIMEOUT_S = 30.0
+# A CALLERROR InternalError says nothing was stored (the service's writer is full, or its database away):
+# like a charger's TransactionMessageAttempts, the CALL is sent again after a pause, up to this often.
+INTERNAL_ERROR_ATTEMPTS = 30
+RETRY_PAUSE_S = 1.0
 MAX_ID_TAG = 20  # OCPP 1.6 idTag: CiString20
 
 # The library logs every frame at INFO and every CALLERROR as a warning; the run counts them instead.
@@ -117,6 +121,9 @@ class OcppTally:
     readings_failed: int = 0
     """Register readings refused (CALLERROR), unanswered or never sent (no connection)."""
     call_errors: int = 0
+    """CALLERRORs given up on (every InternalError before is counted in `retries`)."""
+    retries: int = 0
+    """CALLs sent again after a CALLERROR InternalError (nothing stored: overload, database away)."""
     transaction_ids: dict[str, int] = field(default_factory=dict)
     """Charger id → its transaction's id (the service's sessionId)."""
 
@@ -189,14 +196,27 @@ def _meter_value(sample: Sample) -> dict[str, Any]:
 class _Conversation:
     """One charge point's CALLs over its connection, each raced against the connection's end."""
 
-    def __init__(self, station: Station, connection: Any) -> None:
+    def __init__(self, station: Station, connection: Any, tally: OcppTally) -> None:
         self.station = station
+        self._tally = tally
         self.point = ChargePoint(station.charger_id, connection, response_timeout=RESPONSE_TIMEOUT_S, logger=_WIRE)
         self.listener: asyncio.Task[None] = asyncio.create_task(self.point.start())
 
     async def call(self, payload: Any) -> Any:
-        """The CALLRESULT's payload; raises OCPPError for a CALLERROR, TimeoutError without an answer,
+        """The CALLRESULT's payload, sent again after an InternalError (nothing was stored); raises
+        OCPPError for another CALLERROR (or the last InternalError), TimeoutError without an answer,
         _ConnectionLost when the connection ended."""
+        for attempt in range(1, INTERNAL_ERROR_ATTEMPTS + 1):
+            try:
+                return await self._call_once(payload)
+            except InternalError:
+                if attempt == INTERNAL_ERROR_ATTEMPTS:
+                    raise
+            self._tally.retries += 1
+            await asyncio.sleep(RETRY_PAUSE_S)
+        raise AssertionError("unreachable")
+
+    async def _call_once(self, payload: Any) -> Any:
         request = asyncio.ensure_future(self.point.call(payload, suppress=False))
         done, _ = await asyncio.wait({request, self.listener}, return_when=asyncio.FIRST_COMPLETED)
         if request in done:
@@ -253,12 +273,14 @@ async def charge(
                 error(f"{name}: the central system did not agree to {SUBPROTOCOL} (got {connection.subprotocol!r})")
                 return
             tally.connected += 1
-            conversation = _Conversation(station, connection)
+            conversation = _Conversation(station, connection, tally)
             try:
                 await _transaction(conversation, feed, start, tally, error, shuffle)
             except OCPPError as exc:  # a CALLERROR to Boot, Status, Authorize or Start: this one stops here
                 tally.call_errors += 1
                 error(f"{name}: refused: {exc.code}: {exc.description}")
+            except (ValidationError, UnknownCallErrorCodeError) as exc:  # the central system's answer is not OCPP
+                error(f"{name}: an answer that is not OCPP 1.6: {type(exc).__name__}: {exc}")
             except (TimeoutError, _ConnectionLost, websockets.ConnectionClosed) as exc:
                 error(f"{name}: {type(exc).__name__}: {exc}")
             finally:

@@ -100,6 +100,8 @@ class OcppSummary:
     """Register readings in MeterValues answered with a CALLRESULT (committed)."""
     readings_failed: int
     call_errors: int
+    retries: int
+    """CALLs sent again after a CALLERROR InternalError (the service said nothing was stored)."""
     sessions: int | None
     """Transactions the service shows as sessions (`GET /v1/sessions/{id}`); None when it would not say."""
     sessions_linked: int
@@ -674,6 +676,7 @@ async def _ocpp_summary(
         readings_stored=tally.readings_stored,
         readings_failed=tally.readings_failed,
         call_errors=tally.call_errors,
+        retries=tally.retries,
         sessions=None if unreadable else found,
         sessions_linked=linked,
         sessions_stopped=stopped,
@@ -852,7 +855,8 @@ def _ocpp_lines(summary: Summary, o: OcppSummary) -> list[str]:
         f"charge points     {o.connected:,} of {o.charge_points:,} connected over OCPP 1.6J at {o.url}/{{chargerId}}"
         + refused,
         f"transactions      {o.started:,} started, {o.stopped:,} stopped; {o.meter_values:,} MeterValues answered, "
-        f"{o.call_errors:,} CALLERRORs",
+        f"{o.call_errors:,} CALLERRORs"
+        + (f" ({o.retries:,} CALLs sent again after an InternalError)" if o.retries else ""),
         f"meter readings    {o.readings_sent:,} sent in MeterValues, {o.readings_stored:,} stored (CALLRESULT){lost}",
         f"vehicle readings  {vehicles:,} sent over HTTP: {summary.accepted:,} accepted, "
         f"{summary.duplicates:,} duplicates",
