@@ -31,7 +31,8 @@ KEYS: dict[str, str] = {}
 CLEAN = (
     "TRUNCATE meter_readings, vehicle_readings, meter_hourly, vehicle_hourly,"
     " meter_live_status, vehicle_live_status, vehicle_meter_links, reading_deletions, register_events,"
-    " chargers, charger_connectors, id_tags, charging_sessions"
+    " chargers, charger_connectors, id_tags, charging_sessions,"
+    " alerts, alert_settings, alert_cursors, alert_session_checks, webhooks, webhook_deliveries, webhook_attempts"
 )
 
 
@@ -93,6 +94,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         db_timeout_s=2.0,
         data_dir=Path("unused"),
         allowed_hosts="testserver.local,localhost,127.0.0.1",  # the test clients' Host
+        alert_interval_s=3600.0,  # no alert round in the middle of a test unless it asks for them
     )
     return base.with_overrides(**overrides)
 

@@ -15,6 +15,17 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from energy_ingest import __version__
+from energy_ingest.alerts.endpoints import (
+    acknowledge_alert,
+    evaluate_alerts,
+    get_alert,
+    get_meter_settings,
+    get_vehicle_settings,
+    list_alerts,
+    put_meter_settings,
+    put_vehicle_settings,
+)
+from energy_ingest.alerts.evaluator import keep_evaluating
 from energy_ingest.analytics.endpoints import fleet_report, meter_analytics, vehicle_performance
 from energy_ingest.bus.publisher import BusPublisher
 from energy_ingest.chargers.endpoints import (
@@ -60,6 +71,15 @@ from energy_ingest.mqtt.consumer import Consumer as MqttConsumer
 from energy_ingest.ocpp.gateway import Gateway
 from energy_ingest.readings.decode import rules_from
 from energy_ingest.sessions.endpoints import get_session, list_sessions
+from energy_ingest.webhooks.delivery import Deliverer
+from energy_ingest.webhooks.endpoints import (
+    create_webhook,
+    delete_webhook,
+    get_webhook,
+    list_deliveries,
+    list_webhooks,
+    test_webhook,
+)
 
 log = logging.getLogger("energy_ingest")
 
@@ -132,11 +152,17 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             reads=reads,
         )
         services.websocket = Gateway(settings, pool, services.ingest)
+        services.deliveries = deliveries = Deliverer(pool, settings)
         app.state.services = services
         writer.start()
         upkeep = asyncio.create_task(_keep_partitions(services), name="partition-upkeep")
         sampler = asyncio.create_task(_sample_queue(writer), name="queue-sampler")
         key_poller = asyncio.create_task(keep_fresh(keys, pool), name="key-poller")
+        # Alerts: every worker keeps the schedule (one evaluates each round) and sends due webhook deliveries.
+        alert_tasks = [
+            asyncio.create_task(keep_evaluating(pool, settings, deliveries.wake), name="alert-evaluator"),
+            asyncio.create_task(deliveries.run(), name="webhook-deliveries"),
+        ]
         bus_tasks = [asyncio.create_task(bus.run(), name="bus-publisher")] if bus is not None else []
         if read_pool is not None:
             bus_tasks.append(asyncio.create_task(reads.watch(), name="read-replica-watch"))
@@ -150,7 +176,7 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
         try:
             yield
         finally:
-            for task in (upkeep, sampler, key_poller):
+            for task in (upkeep, sampler, key_poller, *alert_tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -197,6 +223,20 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             delete_id_tag,
             list_sessions,
             get_session,
+            list_alerts,
+            get_alert,
+            acknowledge_alert,
+            evaluate_alerts,
+            get_vehicle_settings,
+            put_vehicle_settings,
+            get_meter_settings,
+            put_meter_settings,
+            create_webhook,
+            list_webhooks,
+            get_webhook,
+            delete_webhook,
+            list_deliveries,
+            test_webhook,
             health,
             ready,
             metrics_endpoint,

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MAX_DURATION = timedelta(days=3650)
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """A duration written as the live `stale` parameter is (90s, 10m, 2h, 1d), or None if it is not one."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        return None
+    amount = int(match.group(1))
+    if amount > MAX_DURATION / timedelta(**{_UNITS[match.group(2)]: 1}):
+        return None
+    return timedelta(**{_UNITS[match.group(2)]: amount})
 
 
 class SettingsError(ValueError):
@@ -47,6 +65,15 @@ class Settings:
     # OCPP 1.6J way in (/ocpp/{chargePointId})
     ocpp_heartbeat_s: int = 300  # the interval BootNotification hands chargers
     accept_unknown_id_tags: bool = False  # answer unknown idTags Accepted (charging without a vehicle)
+    # alerts: evaluated every ALERT_INTERVAL_S by one worker; each rule's defaults (overridable per device)
+    alert_interval_s: float = 60.0
+    alert_efficiency_window: str = "24h"  # low_efficiency: the rolling window, whole hours, read from rollups
+    alert_min_ac_kwh: float = 1.0  # low_efficiency: less AC drawn in the window is not judged
+    offline_after: str = "10m"  # offline: nothing received for longer than this (90s, 10m, 2h, 1d)
+    # webhooks: retries start at WEBHOOK_RETRY_BASE_S and double, for 24 h
+    webhook_retry_base_s: float = 5.0
+    webhook_timeout_s: float = 10.0
+    webhook_allowed_networks: str = ""  # comma-separated CIDRs a webhook may reach although not public
     # who may come in
     auth: bool = True
     allowed_hosts: str = ""  # comma-separated Host names; empty: the bind address and localhost
@@ -107,6 +134,48 @@ class Settings:
     def loopback(self) -> bool:
         return self.host in {"127.0.0.1", "localhost", "::1"} or self.host.startswith("127.")
 
+    @property
+    def offline_after_delta(self) -> timedelta:
+        found = parse_duration(self.offline_after)
+        assert found is not None  # validated
+        return found
+
+    @property
+    def efficiency_window(self) -> timedelta:
+        found = parse_duration(self.alert_efficiency_window)
+        assert found is not None  # validated
+        return found
+
+    @property
+    def webhook_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The networks a webhook may reach although they are not public (loopback, private, …)."""
+        return tuple(ip_network(n.strip(), strict=False) for n in self.webhook_allowed_networks.split(",") if n.strip())
+
+    def _alert_checks(self) -> list[tuple[bool, str]]:
+        window = parse_duration(self.alert_efficiency_window)
+        offline = parse_duration(self.offline_after)
+        checks = [
+            (0.1 <= self.alert_interval_s <= 86_400, "ALERT_INTERVAL_S must be between 0.1 and 86400"),
+            (
+                window is not None
+                and window % timedelta(hours=1) == timedelta(0)
+                and 1 <= window / timedelta(hours=1) <= 744,
+                "ALERT_EFFICIENCY_WINDOW must be whole hours from 1h to 744h (31d), e.g. 24h or 7d",
+            ),
+            (0 <= self.alert_min_ac_kwh <= 1e6, "ALERT_MIN_AC_KWH must be between 0 and 1e6"),
+            (
+                offline is not None and timedelta(seconds=1) <= offline <= MAX_DURATION,
+                "OFFLINE_AFTER must be a duration such as 90s, 10m, 2h or 1d, from 1s to 3650d",
+            ),
+            (0.01 <= self.webhook_retry_base_s <= 3600, "WEBHOOK_RETRY_BASE_S must be between 0.01 and 3600"),
+            (0.1 <= self.webhook_timeout_s <= 300, "WEBHOOK_TIMEOUT_S must be between 0.1 and 300"),
+        ]
+        try:
+            self.webhook_networks  # noqa: B018 (parses every CIDR)
+        except ValueError as exc:
+            checks.append((False, f"WEBHOOK_ALLOWED_NETWORKS must be comma-separated CIDRs: {exc}"))
+        return checks
+
     def validated(self) -> Settings:
         checks = [
             (1 <= self.port <= 65535, "PORT must be between 1 and 65535"),
@@ -164,7 +233,6 @@ class Settings:
                 "READ_DATABASE_URL must be a postgresql:// URL",
             ),
             (self.workers >= 1, "WORKERS must be >= 1"),
-            (self.workers >= 1, "WORKERS must be >= 1"),
         ]
         if not self.auth and not self.loopback:
             checks.append(
@@ -174,6 +242,7 @@ class Settings:
                     f" not on {self.host}: anyone who reaches the port could write and read everything",
                 )
             )
+        checks += self._alert_checks()
         try:
             ZoneInfo(self.mqtt_local_tz)
         except (ZoneInfoNotFoundError, ValueError):

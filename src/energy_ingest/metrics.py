@@ -110,3 +110,18 @@ BUS_WRITTEN = Counter(
 BUS_DEAD_LETTERED = Counter(
     "energy_ingest_bus_dead_lettered", "Readings a writer moved to the dead-letter subject, by reason", ["reason"]
 )
+
+ALERT_CHANGES = Counter(
+    "energy_ingest_alert_changes", "Alert changes, by rule and event (raised, acknowledged, cleared)", ["rule", "event"]
+)
+ALERT_ROUND_SECONDS = Histogram(
+    "energy_ingest_alert_round_seconds",
+    "Duration of an alert evaluation round (every rule, the changes and their outbox rows, commit)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "energy_ingest_webhook_attempts",
+    "Webhook delivery attempts, by outcome: delivered (2xx), failed (an error, a timeout, another status),"
+    " refused (the address is not allowed)",
+    ["outcome"],
+)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+import msgspec
 from litestar import get
 from litestar.params import QueryParameter
 
+from energy_ingest.alerts import service as alerts
 from energy_ingest.analytics import fleet, service
 from energy_ingest.analytics.fleet import FleetReport
 from energy_ingest.analytics.service import MeterReport, PerformanceReport, Window
@@ -65,7 +67,11 @@ async def vehicle_performance(
     tz: Tz = "UTC",
 ) -> PerformanceReport:
     window = _window(services, from_, to, bucket, tz)
-    return await service.performance(services.read_pool, vehicleId, window, services.settings.efficiency_threshold)
+    report = await service.performance(services.read_pool, vehicleId, window, services.settings.efficiency_threshold)
+    report.open_alerts = (await alerts.open_alert_links(services.pool, "vehicle", [vehicleId])).get(
+        vehicleId, msgspec.UNSET
+    )
+    return report
 
 
 @get(
@@ -122,4 +128,8 @@ async def fleet_report(
     threshold = services.settings.efficiency_threshold if below is None else below
     min_ac = parse_finite("minAcKwh", min_ac_kwh)
     assert min_ac is not None
-    return await fleet.report(services.read_pool, window, threshold, min_ac, limit, cursor)
+    report = await fleet.report(services.read_pool, window, threshold, min_ac, limit, cursor)
+    links = await alerts.open_alert_links(services.pool, "vehicle", [v.vehicle_id for v in report.vehicles])
+    for vehicle in report.vehicles:
+        vehicle.open_alerts = links.get(vehicle.vehicle_id, msgspec.UNSET)
+    return report

@@ -35,6 +35,8 @@ class FleetVehicle(msgspec.Struct, rename="camel"):
     readings: ReadingCounts
     excluded_ac: float | msgspec.UnsetType = msgspec.UNSET  # implausible register rises left out (when any)
     excluded_dc: float | msgspec.UnsetType = msgspec.UNSET
+    # GET /v1/alerts for the vehicle's open alerts, when it has any
+    open_alerts: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class FleetReport(msgspec.Struct, rename="camel"):

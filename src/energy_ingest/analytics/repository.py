@@ -373,3 +373,71 @@ async def fleet_rows(conn: Conn, statement: Statement) -> tuple[int, list[FleetR
         if r[0] is not None
     ]
     return total, page
+
+
+# Every vehicle's AC and DC over whole hours, from rollups alone (the low_efficiency alert rule; see
+# service.energy_over_hours for which meter-hours count for which vehicle).
+
+LINK_SEGMENTS = """
+SELECT l.vehicle_id, m.meter_key, greatest(l.valid_from, %(lo)s), least(coalesce(l.valid_to, 'infinity'), %(hi)s)
+FROM vehicle_meter_links l JOIN meters m USING (meter_id)
+WHERE l.valid_from < %(hi)s AND (l.valid_to IS NULL OR l.valid_to > %(lo)s)
+"""
+
+# One pass over the window's meter rollups, hashed, against the (meter, hour range, vehicle) list.
+SERVED_AC = """
+SELECT r.vehicle_id, sum(h.kwh)
+FROM meter_hourly h
+JOIN unnest(%(meters)s::int[], %(vehicles)s::text[], %(froms)s::timestamptz[], %(tos)s::timestamptz[])
+     AS r(meter_key, vehicle_id, from_hour, to_hour)
+  ON h.meter_key = r.meter_key AND h.hour >= r.from_hour AND h.hour < r.to_hour
+WHERE h.hour >= %(lo)s AND h.hour < %(hi)s
+GROUP BY r.vehicle_id
+"""
+
+METER_AC = "SELECT meter_key, sum(kwh) FROM meter_hourly WHERE hour >= %(lo)s AND hour < %(hi)s GROUP BY 1"
+
+VEHICLE_DC = """
+SELECT v.vehicle_id, d.kwh
+FROM (SELECT vehicle_key, sum(kwh) AS kwh FROM vehicle_hourly WHERE hour >= %(lo)s AND hour < %(hi)s GROUP BY 1) d
+JOIN vehicles v USING (vehicle_key)
+"""
+
+
+async def link_segments(conn: Conn, lo: datetime, hi: datetime) -> list[tuple[str, int, datetime, datetime]]:
+    """(vehicle, meter key, from, to) of every link in force during [lo, hi), cut to it; links to a meter that
+    never sent a reading are left out."""
+    cur = await conn.execute(LINK_SEGMENTS, {"lo": lo, "hi": hi})
+    return list(await cur.fetchall())
+
+
+async def served_energy(
+    conn: Conn, ranges: list[tuple[int, str, datetime, datetime]], lo: datetime, hi: datetime
+) -> dict[str, Decimal]:
+    """Per vehicle: the meter energy of the rollup hours in its (meter key, vehicle, from hour, to hour) ranges."""
+    if not ranges:
+        return {}
+    cur = await conn.execute(
+        SERVED_AC,
+        {
+            "lo": lo,
+            "hi": hi,
+            "meters": [r[0] for r in ranges],
+            "vehicles": [r[1] for r in ranges],
+            "froms": [r[2] for r in ranges],
+            "tos": [r[3] for r in ranges],
+        },
+    )
+    return {vehicle: kwh for vehicle, kwh in await cur.fetchall()}
+
+
+async def meter_energy(conn: Conn, lo: datetime, hi: datetime) -> dict[int, Decimal]:
+    """Per meter key: its energy over the rollup hours [lo, hi)."""
+    cur = await conn.execute(METER_AC, {"lo": lo, "hi": hi})
+    return {meter: kwh for meter, kwh in await cur.fetchall()}
+
+
+async def vehicle_energy(conn: Conn, lo: datetime, hi: datetime) -> dict[str, Decimal]:
+    """Per vehicle: its DC over the rollup hours [lo, hi)."""
+    cur = await conn.execute(VEHICLE_DC, {"lo": lo, "hi": hi})
+    return {vehicle: kwh for vehicle, kwh in await cur.fetchall()}

@@ -18,6 +18,7 @@ from energy_ingest.ingest.service import IngestService
 from energy_ingest.ingest.writer import GroupCommitWriter
 from energy_ingest.keys.service import KeyCache
 from energy_ingest.readings.decode import Rules
+from energy_ingest.webhooks.delivery import Deliverer
 
 
 @dataclass(slots=True)
@@ -33,6 +34,7 @@ class Services:
     websocket: Callable[[Any, Any, Any], Awaitable[None]] | None = None
     bus: BusPublisher | None = None  # bus mode (BUS_URL): where ingest publishes
     reads: ReadPools | None = None  # READ_DATABASE_URL: the replica, while it has caught up
+    deliveries: Deliverer | None = None  # this worker's webhook delivery task
 
     @property
     def read_pool(self) -> Pool:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from energy_ingest.db.pool import Pool
+from energy_ingest.db.pool import Conn, Pool
 from energy_ingest.kinds import METER, VEHICLE, Kind
 from energy_ingest.readings.model import MeterReading, VehicleReading, Voltage
 
@@ -112,3 +112,39 @@ async def register_events(pool: Pool, kind: Kind, device_id: str) -> list[Regist
             [kind.name, row[0]],
         )
         return [RegisterEvent(ts, event, register, previous) for ts, event, register, previous in await cur.fetchall()]
+
+
+# For the alert rules (through live/service.py): who went silent, what each device sent last, new events.
+
+_HEARD = "SELECT d.{id}, l.ts, l.received_at FROM {devices} d JOIN {live} l USING ({key})"
+
+
+def _heard(kind: Kind) -> str:
+    return _HEARD.format(id=kind.id_column, devices=kind.devices_table, live=kind.live_table, key=kind.key)
+
+
+async def received_before(conn: Conn, kind: Kind, before: datetime) -> list[tuple[str, datetime, datetime]]:
+    """(device id, newest reading's time, when it was received) of the devices heard from last before `before`."""
+    cur = await conn.execute(_heard(kind) + " WHERE l.received_at < %s", [before])
+    return list(await cur.fetchall())
+
+
+async def last_heard(conn: Conn, kind: Kind, device_ids: list[str]) -> list[tuple[str, datetime, datetime]]:
+    cur = await conn.execute(_heard(kind) + f" WHERE d.{kind.id_column} = ANY(%s)", [device_ids])
+    return list(await cur.fetchall())
+
+
+async def events_recorded_after(
+    conn: Conn, after: datetime | None
+) -> list[tuple[str, str, datetime, str, float, float, datetime]]:
+    """Register events recorded after `after` (all when None): (kind, device id, ts, event, register, previous,
+    recorded_at), by device and time."""
+    cur = await conn.execute(
+        "SELECT e.kind, coalesce(m.meter_id, v.vehicle_id), e.ts, e.event, e.register, e.previous, e.recorded_at"
+        " FROM register_events e"
+        " LEFT JOIN meters m ON e.kind = 'meter' AND m.meter_key = e.device_key"
+        " LEFT JOIN vehicles v ON e.kind = 'vehicle' AND v.vehicle_key = e.device_key"
+        " WHERE e.recorded_at > coalesce(%s, '-infinity'::timestamptz) ORDER BY 1, 2, 3",
+        [after],
+    )
+    return [row for row in await cur.fetchall() if row[1] is not None]

@@ -151,3 +151,12 @@ async def page(
         },
     )
     return [SessionRow(*row) for row in await cur.fetchall()]
+
+
+async def from_id(conn: Conn, first_id: int, started_after: datetime) -> list[SessionRow]:
+    """Sessions from `first_id` on that started after `started_after`, by id."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM charging_sessions WHERE session_id >= %s AND started_at > %s ORDER BY session_id",
+        [first_id, started_after],
+    )
+    return [SessionRow(*row) for row in await cur.fetchall()]

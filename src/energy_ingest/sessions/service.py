@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Collection
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -268,16 +268,14 @@ async def page(
     return SessionPage(sessions=views, next_cursor=_cursor(rows[-1]) if more else None)
 
 
-async def ended(
-    conn: Conn,
-    *,
-    started_after: datetime,
-    stopped_before: datetime,
-    skip: Collection[int],
-    raw_retention_days: int,
-) -> list[Session]:
-    """Stopped sessions of a vehicle (started after `started_after`, stopped before `stopped_before`) but those in
-    `skip`, in the order they stopped, with their energy: for the session_without_dc alert rule, which judges
-    each session once."""
-    rows = [row for row in await repo.ended(conn, started_after, stopped_before) if row.session_id not in skip]
-    return await _views(conn, rows, datetime.now(UTC), raw_retention_days) if rows else []
+# For the session_without_dc alert rule, which judges each session once, in the order of their ids.
+
+
+async def since(conn: Conn, first_id: int, started_after: datetime) -> list[SessionRow]:
+    """Sessions from `first_id` on, by id, but those that started before `started_after`."""
+    return await repo.from_id(conn, first_id, started_after)
+
+
+async def views(conn: Conn, rows: Sequence[SessionRow], raw_retention_days: int) -> list[Session]:
+    """The sessions with their energy (one statement for all of them)."""
+    return await _views(conn, list(rows), datetime.now(UTC), raw_retention_days) if rows else []
