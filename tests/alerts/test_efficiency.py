@@ -71,6 +71,10 @@ def test_a_drop_below_threshold_raises_once_delivers_once_signed_and_clears_with
         ("alert.raised", "delivered", alert["id"], 1)
     ]
     assert [a["statusCode"] for a in deliveries[0]["answers"]] == [200]
+    metrics = alerting.get("/metrics").text
+    assert 'energy_ingest_alert_changes_total{event="raised",rule="low_efficiency"}' in metrics
+    assert 'energy_ingest_webhook_attempts_total{outcome="delivered"}' in metrics
+    assert "energy_ingest_alert_round_seconds_count" in metrics
 
     # The reports link to the vehicle's open alerts; a vehicle without any has no such field.
     link = "/v1/alerts?deviceKind=vehicle&deviceId=EV-LOW&status=open"

@@ -269,6 +269,7 @@ async def run_round(pool: Pool, settings: Settings, *, wait: bool = False) -> Ro
         applied = await service.apply(conn, changes, now)
     seconds = time.perf_counter() - started
     ALERT_ROUND_SECONDS.observe(seconds)
+    applied.count()
     summary = RoundSummary(
         evaluated_at=now,
         raised=applied.raised,

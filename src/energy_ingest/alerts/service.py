@@ -132,6 +132,11 @@ class Applied:
     merged: int
     cleared: int
     deliveries: int
+    told: list[tuple[str, str]]  # (rule, event) of each change told: counted once the transaction commits
+
+    def count(self) -> None:
+        for rule, event in self.told:
+            ALERT_CHANGES.labels(rule, event.removeprefix("alert.")).inc()
 
 
 async def apply(conn: Conn, changes: Changes, at: datetime) -> Applied:
@@ -144,13 +149,18 @@ async def apply(conn: Conn, changes: Changes, at: datetime) -> Applied:
     ]
     merged = await repo.merge(conn, [(k, _json(d), e) for k, d, e in changes.merges], at)
     after = [("alert.cleared", r) for r in await repo.clear(conn, [(k, _json(r)) for k, r in changes.clears_after], at)]
-    deliveries = await _tell(conn, before + raised + after)
-    return Applied(raised=len(raised), merged=len(merged), cleared=len(before) + len(after), deliveries=deliveries)
+    told = before + raised + after
+    deliveries = await _tell(conn, told)
+    return Applied(
+        raised=len(raised),
+        merged=len(merged),
+        cleared=len(before) + len(after),
+        deliveries=deliveries,
+        told=[(row.rule, event) for event, row in told],
+    )
 
 
 async def _tell(conn: Conn, events: Sequence[tuple[str, AlertRow]]) -> int:
-    for event, row in events:
-        ALERT_CHANGES.labels(row.rule, event.removeprefix("alert.")).inc()
     return await webhooks.enqueue(conn, [(event, row.alert_id, _encode.encode(view(row))) for event, row in events])
 
 
@@ -211,6 +221,7 @@ async def acknowledge(pool: Pool, alert_id: int, by: str, note: str | None) -> t
                 f" {found.acknowledged_at:%Y-%m-%dT%H:%M:%SZ}"
             )
         deliveries = await _tell(conn, [("alert.acknowledged", row)])
+    ALERT_CHANGES.labels(row.rule, "acknowledged").inc()
     return view(row), deliveries
 
 

@@ -30,6 +30,7 @@ LEASE_MARGIN_S = 5.0
 MAX_RESPONSE_BYTES = 500
 PRUNE_EVERY = timedelta(hours=1)
 KEEP_FINISHED = timedelta(days=30)
+MAX_PAUSE_S = 10.0
 
 
 class Deliverer:
@@ -54,14 +55,20 @@ class Deliverer:
         self._wake.set()
 
     async def run(self) -> None:
+        pause = self._poll_s
         try:
             while True:
                 taken = 0
                 try:
                     taken = await self.round()
                     await self._prune()
+                    pause = self._poll_s
                 except Exception as exc:
-                    log.warning("webhook deliveries: %s; will retry", exc)
+                    # The database away, say: said once per pause, and the pauses grow to 10 s meanwhile.
+                    log.warning("webhook deliveries: %s; will retry in %.0f s", exc, pause)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, MAX_PAUSE_S)
+                    continue
                 if taken < BATCH:  # a full batch: more may be due at once
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_s)
