@@ -375,6 +375,93 @@ async def fleet_rows(conn: Conn, statement: Statement) -> tuple[int, list[FleetR
     return total, page
 
 
+# For the dashboard (analytics/overview.py): a page of vehicles' efficiency per bucket, by the fleet report's
+# rules (its link segments, rollups for whole hours, readings at the edges and in hours a link change cuts),
+# and a vehicle's state of charge per bucket (the SoC of the bucket's latest reading).
+
+# The page's devices as constant key lists, so each day's partition is read through its (device, time) key rather
+# than scanned whole (a hash join of a few keys against 30 days of every device's rollups took seconds).
+_VEHICLE_KEYS = "ARRAY(SELECT vehicle_key FROM keys)"
+_METER_KEYS = "ARRAY(SELECT meter_key FROM segments)"
+
+
+def trend_statement(window: Cover, ac_raw: list[Range], vehicle_ids: list[str], bucket: Bucket) -> Statement:
+    """Rows (side, vehicle id, bucket start, kWh) for these vehicles: side 0 is DC, 1 is AC."""
+    params = _Params({"lo": window.lo, "hi": window.hi, "ids": vehicle_ids, "whole": WHOLE, "tz": "UTC"})
+    parts = []
+    if window.hours:
+        parts.append(
+            f"SELECT 0, k.vehicle_id, {bucket_sql(bucket, 'h.hour')}, sum(h.kwh) FROM keys k"
+            f" JOIN vehicle_hourly h USING (vehicle_key) WHERE h.vehicle_key = ANY({_VEHICLE_KEYS})"
+            f" AND ({_ranges('h.hour', window.hours, params)}) GROUP BY 2, 3"
+        )
+        parts.append(
+            f"SELECT 1, s.vehicle_id, {bucket_sql(bucket, 'h.hour')}, sum(h.kwh) FROM segments s JOIN meter_hourly h"
+            " ON h.meter_key = s.meter_key AND h.hour >= s.hlo AND h.hour < s.hhi"
+            f" WHERE h.meter_key = ANY({_METER_KEYS}) AND ({_ranges('h.hour', window.hours, params)}) GROUP BY 2, 3"
+        )
+    if window.raw:
+        parts.append(
+            f"SELECT 0, k.vehicle_id, {bucket_sql(bucket, 'r.ts')}, sum(r.kwh_delivered_dc::numeric) FROM keys k"
+            f" JOIN vehicle_readings r USING (vehicle_key) WHERE r.vehicle_key = ANY({_VEHICLE_KEYS})"
+            f" AND ({_ranges('r.ts', window.raw, params)}) GROUP BY 2, 3"
+        )
+    if ac_raw:
+        parts.append(
+            f"SELECT 1, s.vehicle_id, {bucket_sql(bucket, 'r.ts')}, sum(r.kwh_consumed_ac::numeric)"
+            " FROM segments s JOIN meter_readings r"
+            " ON r.meter_key = s.meter_key AND r.ts >= s.lo AND r.ts < s.hi AND (r.ts < s.hlo OR r.ts >= s.hhi)"
+            f" WHERE r.meter_key = ANY({_METER_KEYS}) AND ({_ranges('r.ts', ac_raw, params)}) GROUP BY 2, 3"
+        )
+    union = " UNION ALL ".join(parts) or "SELECT 0, NULL::text, NULL::timestamptz, 0::numeric WHERE false"
+    sql = f"""
+WITH segments AS (
+    SELECT l.vehicle_id, m.meter_key, s.lo, s.hi,
+           CASE WHEN date_trunc('hour', s.lo, 'UTC') = s.lo THEN s.lo
+                ELSE date_trunc('hour', s.lo, 'UTC') + interval '1 hour' END AS hlo,
+           date_trunc('hour', s.hi, 'UTC') AS hhi
+    FROM vehicle_meter_links l
+    JOIN meters m USING (meter_id)
+    CROSS JOIN LATERAL (SELECT greatest(l.valid_from, %(lo)s) AS lo,
+                               least(coalesce(l.valid_to, 'infinity'), %(hi)s) AS hi) s
+    WHERE l.vehicle_id = ANY(%(ids)s) AND l.valid_from < %(hi)s AND (l.valid_to IS NULL OR l.valid_to > %(lo)s)
+),
+keys AS (SELECT vehicle_id, vehicle_key FROM vehicles WHERE vehicle_id = ANY(%(ids)s))
+SELECT side, vehicle_id, b, sum(kwh) FROM ({union}) x(side, vehicle_id, b, kwh) GROUP BY 1, 2, 3
+"""
+    return Statement(sql, params.values)
+
+
+async def trend_rows(conn: Conn, statement: Statement) -> list[tuple[int, str, datetime, Decimal]]:
+    cur = await conn.execute(statement.sql.encode(), statement.params)
+    return [(int(side), vehicle_id, b, kwh or Decimal(0)) for side, vehicle_id, b, kwh in await cur.fetchall()]
+
+
+def soc_statement(vehicle_key: int, window: Cover, bucket: Bucket, tz: str) -> Statement:
+    """Rows (bucket start, SoC of the bucket's latest reading) of one vehicle over `window`."""
+    params = _Params({"whole": WHOLE, "tz": tz})
+    k = params.add(vehicle_key)
+    parts = []
+    if window.hours:
+        parts.append(
+            f"SELECT {bucket_sql(bucket, 'hour')}, last_ts, last_soc FROM vehicle_hourly"
+            f" WHERE vehicle_key = {k} AND ({_ranges('hour', window.hours, params)})"
+        )
+    if window.raw:
+        parts.append(
+            f"SELECT {bucket_sql(bucket, 'ts')}, ts, soc FROM vehicle_readings"
+            f" WHERE vehicle_key = {k} AND ({_ranges('ts', window.raw, params)})"
+        )
+    union = " UNION ALL ".join(parts) or "SELECT NULL::timestamptz, NULL::timestamptz, NULL::real WHERE false"
+    sql = f"SELECT DISTINCT ON (b) b, soc FROM ({union}) x(b, ts, soc) ORDER BY b, ts DESC"
+    return Statement(sql, params.values)
+
+
+async def soc_rows(conn: Conn, statement: Statement) -> dict[datetime, float]:
+    cur = await conn.execute(statement.sql.encode(), statement.params)
+    return {b: float(f"{soc:.7g}") for b, soc in await cur.fetchall()}
+
+
 # Every vehicle's AC and DC over whole hours, from rollups alone (the low_efficiency alert rule; see
 # service.energy_over_hours for which meter-hours count for which vehicle).
 

@@ -87,6 +87,12 @@ async def chargers_page(conn: Conn, after: str | None, limit: int) -> list[Charg
     return [ChargerRow(*row) for row in await cur.fetchall()]
 
 
+async def count(conn: Conn) -> int:
+    cur = await conn.execute("SELECT count(*) FROM chargers")
+    row = await cur.fetchone()
+    return 0 if row is None else int(row[0])
+
+
 async def record_boot(
     conn: Conn, charger_id: str, at: datetime, vendor: str, model: str, serial: str | None, firmware: str | None
 ) -> None:

@@ -253,6 +253,12 @@ async def page(pool: Pool, after: str | None, limit: int) -> list[ChargerInfo]:
         return await page_on(conn, after, limit)
 
 
+async def count(pool: Pool) -> int:
+    """How many charge points are registered."""
+    async with pool.connection() as conn:
+        return await repo.count(conn)
+
+
 async def page_on(conn: Conn, after: str | None, limit: int) -> list[ChargerInfo]:
     return [
         _info(row, await repo.connectors(conn, row.charger_id)) for row in await repo.chargers_page(conn, after, limit)

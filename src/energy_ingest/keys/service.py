@@ -245,6 +245,17 @@ class KeyCache:
             rate_limit=row.rate_limit,
         )
 
+    def held(self, prefix: str) -> Principal | None:
+        """The principal of a key this worker holds, by prefix; None when unknown or revoked. A dashboard
+        session names its key by prefix (never its secret), so revoking the key ends the session too."""
+        row = self._rows.get(prefix)
+        if row is None or row.revoked_at is not None:
+            return None
+        self._used.add(row.prefix)
+        return Principal(
+            name=row.name, prefix=row.prefix, scopes=frozenset(row.scopes), device_id=row.device_id, rate_limit=None
+        )
+
     def _may_look_up(self) -> bool:
         now = time.monotonic()
         if now - self._lookup_window > 1.0:

@@ -148,3 +148,16 @@ async def events_recorded_after(
         [after],
     )
     return [row for row in await cur.fetchall() if row[1] is not None]
+
+
+_COUNTS = """
+SELECT (SELECT count(*) FROM meter_live_status), (SELECT count(*) FROM meter_live_status WHERE ts < %(since)s),
+       (SELECT count(*) FROM vehicle_live_status), (SELECT count(*) FROM vehicle_live_status WHERE ts < %(since)s)
+"""
+
+
+async def counts(pool: Pool, since: datetime) -> tuple[int, int, int, int]:
+    """(meters, meters silent since `since`, vehicles, vehicles silent since `since`): one row per device."""
+    rows = await _rows(pool, _COUNTS, {"since": since})
+    meters_all, meters_silent, vehicles_all, vehicles_silent = rows[0]
+    return int(meters_all), int(meters_silent), int(vehicles_all), int(vehicles_silent)

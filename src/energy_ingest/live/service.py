@@ -1,14 +1,117 @@
-"""The live state as other domains read it (the alert rules): who went silent, what each device sent last,
-and the register events recorded since some moment."""
+"""Live state: each device's newest reading, in pages by id, optionally only the silent ones (offline
+detection), and how many devices there are. The API and the dashboard both read through here."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
-from energy_ingest.db.pool import Conn
-from energy_ingest.kinds import Kind
+import msgspec
+
+from energy_ingest.db.pool import Conn, Pool
+from energy_ingest.errors import InvalidInput, NotFound
+from energy_ingest.kinds import METER, VEHICLE, Kind
 from energy_ingest.live import repository
+from energy_ingest.live.repository import MeterLive, RegisterEvent, VehicleLive
+
+__all__ = ["MeterLive", "MeterPage", "RegisterEvent", "VehicleLive", "VehiclePage"]
+
+MAX_LIMIT = 1000
+MAX_STALE = timedelta(days=3650)
+_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+class VehiclePage(msgspec.Struct, rename="camel"):
+    devices: list[VehicleLive]
+    next_cursor: str | None
+
+
+class MeterPage(msgspec.Struct, rename="camel"):
+    devices: list[MeterLive]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Devices that have sent a reading, and those of them silent since a given instant."""
+
+    meters: int
+    vehicles: int
+    silent_meters: int
+    silent_vehicles: int
+
+
+def stale_cutoff(stale: str | None, now: datetime | None = None) -> datetime | None:
+    """The instant before which a device's newest reading makes it silent, from a duration such as 10m."""
+    if stale is None:
+        return None
+    match = _DURATION.match(stale.strip())
+    if not match:
+        raise InvalidInput(
+            "`stale` must be a duration such as 90s, 10m, 2h or 1d",
+            errors=[{"field": "stale", "reason": "not a duration"}],
+        )
+    silence = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if silence > MAX_STALE:
+        raise InvalidInput("`stale` may be at most 3650 days", errors=[{"field": "stale", "reason": "too long"}])
+    return (now or datetime.now(UTC)) - silence
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+    return limit
+
+
+async def vehicles(pool: Pool, limit: int, cursor: str | None, stale: str | None) -> VehiclePage:
+    rows = await repository.vehicles(pool, _limit(limit), cursor, stale_cutoff(stale))
+    return VehiclePage(devices=rows, next_cursor=rows[-1].vehicle_id if len(rows) == limit else None)
+
+
+async def meters(pool: Pool, limit: int, cursor: str | None, stale: str | None) -> MeterPage:
+    rows = await repository.meters(pool, _limit(limit), cursor, stale_cutoff(stale))
+    return MeterPage(devices=rows, next_cursor=rows[-1].meter_id if len(rows) == limit else None)
+
+
+async def meter(pool: Pool, meter_id: str) -> MeterLive:
+    found = await repository.meter(pool, meter_id)
+    if found is None:
+        raise NotFound(f"no reading from meter {meter_id}")
+    return found
+
+
+async def vehicle(pool: Pool, vehicle_id: str) -> VehicleLive:
+    found = await repository.vehicle(pool, vehicle_id)
+    if found is None:
+        raise NotFound(f"no reading from vehicle {vehicle_id}")
+    return found
+
+
+async def meter_resets(pool: Pool, meter_id: str) -> list[RegisterEvent]:
+    found = await repository.register_events(pool, METER, meter_id)
+    if found is None:
+        raise NotFound(f"meter {meter_id} has sent no reading")
+    return found
+
+
+async def vehicle_resets(pool: Pool, vehicle_id: str) -> list[RegisterEvent]:
+    found = await repository.register_events(pool, VEHICLE, vehicle_id)
+    if found is None:
+        raise NotFound(f"vehicle {vehicle_id} has sent no reading")
+    return found
+
+
+async def counts(pool: Pool, stale: str) -> Counts:
+    """How many meters and vehicles have sent a reading, and how many of them are silent for longer than `stale`."""
+    since = stale_cutoff(stale)
+    assert since is not None
+    meters_all, meters_silent, vehicles_all, vehicles_silent = await repository.counts(pool, since)
+    return Counts(meters_all, vehicles_all, meters_silent, vehicles_silent)
+
+
+# For the alert rules: who went silent, what each device sent last, the register events recorded since a moment.
 
 
 @dataclass(frozen=True, slots=True)
