@@ -39,6 +39,7 @@ from energy_ingest.chargers.endpoints import (
     register_charger,
 )
 from energy_ingest.config import Settings
+from energy_ingest.dashboard import endpoints as dashboard
 from energy_ingest.db.partitions import compact_closed_days, drop_expired
 from energy_ingest.db.pool import open_pool
 from energy_ingest.db.replica import ReadPools
@@ -241,12 +242,14 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             ready,
             metrics_endpoint,
             swagger_assets(),
+            *dashboard.routers(),
         ],
         middleware=[count_requests],
         guards=[authenticate],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=make_handlers(settings.retry_after_s),  # type: ignore[arg-type]
-        lifespan=[lifespan],
+        lifespan=[lifespan, dashboard.keep_warm],
+        template_config=dashboard.template_config(),
         request_max_body_size=settings.body_limit_bytes,
         openapi_config=OpenAPIConfig(
             title="energy-ingest",
@@ -254,7 +257,8 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             description="Smart-meter and EV telemetry ingestion and energy analytics on PostgreSQL. "
             "Every error is `application/problem+json` (RFC 9457).",
             path="/",
-            render_plugins=[JsonRenderPlugin(path="/openapi.json"), swagger_plugin("/docs")],
+            # `/` is the landing page: a browser goes on to the dashboard.
+            render_plugins=[dashboard.Landing(), JsonRenderPlugin(path="/openapi.json"), swagger_plugin("/docs")],
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(

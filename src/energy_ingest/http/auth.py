@@ -20,9 +20,11 @@ from energy_ingest.http.openapi import problem_objects
 from energy_ingest.keys.service import NO_AUTH, Principal
 from energy_ingest.metrics import AUTH_FAILURES
 
-# Liveness and readiness for orchestrators; the API's documentation (it holds no data).
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs"})
-PUBLIC_PREFIXES = ("/docs/",)
+# Liveness and readiness for orchestrators; the API's documentation (it holds no data); the landing page.
+# The dashboard (/ui) is not open: its own guard asks for its signed session cookie instead of a bearer key
+# (dashboard/endpoints.py), and answers a redirect to its sign-in page without one.
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/openapi.json", "/docs", "/", "/ui"})
+PUBLIC_PREFIXES = ("/docs/", "/ui/")
 
 
 def is_public(path: str) -> bool:

@@ -1,5 +1,6 @@
 """Live state: each device's newest reading, in pages by id, optionally only the silent ones (offline
-detection), and how many devices there are. The API and the dashboard both read through here."""
+detection), and how many devices there are (the API and the dashboard read through here); and for the alert
+rules, who went silent, what each device sent last, and the register events recorded since some moment."""
 
 from __future__ import annotations
 
