@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from energy_ingest_bench import analytics, ingest, mqtt_ingest, ocpp_load
+from energy_ingest_bench import analytics, dashboard, ingest, mqtt_ingest, ocpp_load
 from energy_ingest_bench.harness import FreshDatabase, Server
 
 # Sizes of a full run, and of `--quick`; a flag given on the command line wins over both.
@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if "analytics" in combined:
         parts += analytics.render(combined["analytics"])
     text = "\n".join(parts)
+    text = dashboard.keep_section(text, args.out)  # python -m energy_ingest_bench.dashboard writes it
     (args.out / "RESULTS.md").write_text(text)
     print(text)
     print(f"written to {args.out / 'RESULTS.md'} and {path}", file=sys.stderr)

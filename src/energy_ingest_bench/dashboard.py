@@ -530,3 +530,11 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def keep_section(text: str, out: Path) -> str:
+    """RESULTS.md as `energy-ingest-bench` writes it, with the dashboard's section of the last run kept."""
+    saved = out / "dashboard.json"
+    if not saved.exists() or BEGIN in text:
+        return text
+    return text.rstrip("\n") + "\n\n" + "\n".join(render(json.loads(saved.read_text()))) + "\n"
