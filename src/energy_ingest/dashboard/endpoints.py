@@ -237,9 +237,9 @@ def _computer(services: Services) -> views.Compute:
     threshold = services.settings.efficiency_threshold
 
     async def compute(chosen: views.Span) -> tuple[FleetReport, int]:
-        counts = await live.counts(services.pool, SILENT_AFTER)
+        counts = await live.counts(services.read_pool, SILENT_AFTER)
         window = _window(services, chosen.start, chosen.end)
-        return await overview.whole_fleet(services.pool, window, threshold, 1.0), counts.meters + counts.vehicles
+        return await overview.whole_fleet(services.read_pool, window, threshold, 1.0), counts.meters + counts.vehicles
 
     return compute
 
@@ -247,17 +247,18 @@ def _computer(services: Services) -> views.Compute:
 async def _snapshot(
     request: Request[Any, Any, Any], services: Services, span: views.Span, counts: live.Counts | None = None
 ) -> views.Snapshot:
-    counts = counts or await live.counts(services.pool, SILENT_AFTER)
+    counts = counts or await live.counts(services.read_pool, SILENT_AFTER)
     return await _fleet(request.app.state).get(span, _computer(services), counts.meters + counts.vehicles)
 
 
 async def _trends(services: Services, snapshot: views.Snapshot, ids: list[str]) -> dict[str, overview.Trend]:
-    """The sparklines of a page of the kept report: computed once per report and page."""
+    """The sparklines of a page of the kept report: computed once per report and page. Analytics and live reads
+    go to `read_pool` (a replica when READ_DATABASE_URL is set), as the API's do."""
     trends = snapshot.trends.get(tuple(ids))
     if trends is None:
         report = snapshot.report
         window = _window(services, report.from_, report.to)
-        trends = await overview.trends(services.pool, window, ids, views.trend_bucket(report.from_, report.to))
+        trends = await overview.trends(services.read_pool, window, ids, views.trend_bucket(report.from_, report.to))
         snapshot.keep_trends(tuple(ids), trends)
     return trends
 
@@ -307,7 +308,7 @@ async def fleet_page(
     cursor: Text = None,
 ) -> Template:
     span = views.span(window, from_, to, datetime.now(UTC))
-    counts = await live.counts(services.pool, SILENT_AFTER)
+    counts = await live.counts(services.read_pool, SILENT_AFTER)
     snapshot = await _snapshot(request, services, span, counts)
     report = snapshot.report
     status = status if status in views.STATUSES else None
@@ -437,8 +438,8 @@ async def _vehicle_data(
     services: Services, vehicle_id: str, span: views.Span, bucket: str
 ) -> tuple[analytics.PerformanceReport, list[tuple[datetime, float | None]]]:
     window = _window(services, span.start, span.end, bucket)
-    report = await analytics.performance(services.pool, vehicle_id, window, services.settings.efficiency_threshold)
-    return report, await overview.soc_series(services.pool, vehicle_id, window)
+    report = await analytics.performance(services.read_pool, vehicle_id, window, services.settings.efficiency_threshold)
+    return report, await overview.soc_series(services.read_pool, vehicle_id, window)
 
 
 Bucket = Annotated[str | None, QueryParameter()]
@@ -462,7 +463,7 @@ async def vehicle_page(
     starts = [p.start for p in series]
     threshold = services.settings.efficiency_threshold
     try:
-        state: live.VehicleLive | None = await live.vehicle(services.pool, vehicle_id)
+        state: live.VehicleLive | None = await live.vehicle(services.read_pool, vehicle_id)
     except NotFound:
         state = None
     history = await links.history(services.pool, vehicle_id)
@@ -602,7 +603,7 @@ async def vehicle_csv(
 
 
 async def _meter_data(services: Services, meter_id: str, span: views.Span, bucket: str) -> analytics.MeterReport:
-    return await analytics.meter_report(services.pool, meter_id, _window(services, span.start, span.end, bucket))
+    return await analytics.meter_report(services.read_pool, meter_id, _window(services, span.start, span.end, bucket))
 
 
 @get("/meters/{meterId:str}", name="ui-meter")
@@ -622,7 +623,7 @@ async def meter_page(
     series = report.series or []
     starts = [p.start for p in series]
     try:
-        state: live.MeterLive | None = await live.meter(services.pool, meter_id)
+        state: live.MeterLive | None = await live.meter(services.read_pool, meter_id)
     except NotFound:
         state = None
     alert_page = await alerts.page(
@@ -746,9 +747,9 @@ async def devices_page(
     after = parse_device_cursor("cursor", cursor)
     page: live.VehiclePage | live.MeterPage
     if kind == "meters":
-        page = await live.meters(services.pool, 100, after, stale)
+        page = await live.meters(services.read_pool, 100, after, stale)
     else:
-        page = await live.vehicles(services.pool, 100, after, stale)
+        page = await live.vehicles(services.read_pool, 100, after, stale)
     keep = {"kind": kind} | ({"stale": stale} if stale else {})
     return _page(
         request,
