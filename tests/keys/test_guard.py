@@ -21,7 +21,17 @@ from tests.keys.conftest import admin, bearer, new_key, prefix_of
 
 # A valid value for every path parameter any route has; a route with a new parameter fails here until
 # it gets one, rather than being skipped.
-SAMPLES = {"meterId": "MTR-1001", "vehicleId": "EV-2001", "prefix": "ei_00000000", "path": "no-such-page"}
+SAMPLES = {
+    "meterId": "MTR-1001",
+    "vehicleId": "EV-2001",
+    "prefix": "ei_00000000",
+    "path": "no-such-page",
+    "chargerId": "CP-1",
+    "idTag": "TAG-1",
+    "sessionId": 1,
+    "alertId": 1,
+    "webhookId": 1,
+}
 UNKNOWN_KEY = "ei_0badc0de_" + "A" * 43
 KEY_FOR_HEADERS: dict[str, str] = {}  # one key for all the malformed-header cases
 
@@ -67,6 +77,9 @@ def test_the_route_list_covers_the_api(front: FrontDoor) -> None:
         ("POST", "/v1/keys", "admin"),
         ("DELETE", "/v1/keys/ei_00000000", "admin"),
         ("GET", "/metrics", "read"),
+        ("POST", "/v1/chargers", "admin"),
+        ("GET", "/v1/sessions/1", "read"),
+        ("PUT", "/v1/id-tags/TAG-1", "admin"),
     } <= listed
     assert not any(path in {"/health", "/ready", "/openapi.json", "/docs"} for _, path, _ in listed)
 
