@@ -85,30 +85,39 @@ async def _low_efficiency(
 ) -> None:
     end = floor_hour(now) + HOUR
     start = end - settings.efficiency_window
+    decimal: dict[float, Decimal] = {}  # the settings as exact decimals (a few distinct values for the fleet)
+
+    def exact(value: float) -> Decimal:
+        found = decimal.get(value)
+        if found is None:
+            found = decimal[value] = Decimal(str(value))
+        return found
+
     for energy in await analytics.energy_over_hours(conn, start, end):
         mine = overrides.of("vehicle", energy.vehicle_id)
-        if energy.ac_kwh < Decimal(str(mine.min_ac_kwh)):
+        if energy.ac_kwh < exact(mine.min_ac_kwh):
             continue  # too little drawn to judge: an open alert stays as it is
-        efficiency = energy.efficiency
-        threshold = Decimal(str(mine.threshold))
         key: Key = ("low_efficiency", "vehicle", energy.vehicle_id)
-        figures: dict[str, Any] = {
-            "efficiency": float(efficiency),
-            "totalAc": _kwh(energy.ac_kwh),
-            "totalDc": _kwh(energy.dc_kwh),
-            "from": start,
-            "to": end,
-        }
-        if key in open_:
-            if efficiency >= threshold + CLEAR_MARGIN:
-                changes.clears_before.append((key, figures))
-        elif efficiency < threshold:
-            figures |= {
+        efficiency, threshold = energy.efficiency, exact(mine.threshold)
+        if key in open_ and efficiency >= threshold + CLEAR_MARGIN:
+            changes.clears_before.append((key, _figures(energy, efficiency, start, end)))
+        elif key not in open_ and efficiency < threshold:
+            figures = _figures(energy, efficiency, start, end) | {
                 "threshold": float(threshold),
                 "clearAt": float(threshold + CLEAR_MARGIN),
                 "minAcKwh": mine.min_ac_kwh,
             }
             changes.raises.append((key, figures, None))
+
+
+def _figures(energy: analytics.VehicleEnergy, efficiency: Decimal, start: datetime, end: datetime) -> dict[str, Any]:
+    return {
+        "efficiency": float(efficiency),
+        "totalAc": _kwh(energy.ac_kwh),
+        "totalDc": _kwh(energy.dc_kwh),
+        "from": start,
+        "to": end,
+    }
 
 
 async def _offline(conn: Conn, now: datetime, overrides: Overrides, open_: Open, changes: Changes) -> None:

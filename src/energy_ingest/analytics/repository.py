@@ -465,13 +465,16 @@ async def soc_rows(conn: Conn, statement: Statement) -> dict[datetime, float]:
 # Every vehicle's AC and DC over whole hours, from rollups alone (the low_efficiency alert rule; see
 # service.energy_over_hours for which meter-hours count for which vehicle).
 
-LINK_SEGMENTS = """
+# Links that begin or end inside the window (a link in force over all of it is a "standing" one).
+PARTIAL_SEGMENTS = """
 SELECT l.vehicle_id, m.meter_key, greatest(l.valid_from, %(lo)s), least(coalesce(l.valid_to, 'infinity'), %(hi)s)
 FROM vehicle_meter_links l JOIN meters m USING (meter_id)
 WHERE l.valid_from < %(hi)s AND (l.valid_to IS NULL OR l.valid_to > %(lo)s)
+  AND (l.valid_from > %(lo)s OR l.valid_to < %(hi)s)
 """
 
-# One pass over the window's meter rollups, hashed, against the (meter, hour range, vehicle) list.
+# Per vehicle, the meter energy of the rollup hours in its (meter key, vehicle, from hour, to hour) ranges: one
+# pass over the window's meter rollups, hashed against the ranges.
 SERVED_AC = """
 SELECT r.vehicle_id, sum(h.kwh)
 FROM meter_hourly h
@@ -482,26 +485,36 @@ WHERE h.hour >= %(lo)s AND h.hour < %(hi)s
 GROUP BY r.vehicle_id
 """
 
-METER_AC = "SELECT meter_key, sum(kwh) FROM meter_hourly WHERE hour >= %(lo)s AND hour < %(hi)s GROUP BY 1"
-
-VEHICLE_DC = """
-SELECT v.vehicle_id, d.kwh
-FROM (SELECT vehicle_key, sum(kwh) AS kwh FROM vehicle_hourly WHERE hour >= %(lo)s AND hour < %(hi)s GROUP BY 1) d
-JOIN vehicles v USING (vehicle_key)
+# A standing link gives its vehicle every hour of its meter: a meter serves one vehicle at a time, so no other
+# link of that meter touches the window. One pass over each kind's rollups, each grouped by device key first.
+# Rows: the vehicles with a standing link (their AC and DC), and the DC of `others` (AC from SERVED_AC).
+STANDING = """
+WITH ac AS (SELECT meter_key, sum(kwh) AS kwh FROM meter_hourly WHERE hour >= %(lo)s AND hour < %(hi)s GROUP BY 1),
+dc AS (SELECT vehicle_key, sum(kwh) AS kwh FROM vehicle_hourly WHERE hour >= %(lo)s AND hour < %(hi)s GROUP BY 1),
+standing AS (
+    SELECT l.vehicle_id, sum(ac.kwh) AS kwh
+    FROM vehicle_meter_links l JOIN meters m USING (meter_id) JOIN ac USING (meter_key)
+    WHERE l.valid_from <= %(lo)s AND (l.valid_to IS NULL OR l.valid_to >= %(hi)s)
+    GROUP BY l.vehicle_id
+)
+SELECT s.vehicle_id, s.kwh, coalesce(dc.kwh, 0)
+FROM standing s LEFT JOIN vehicles v USING (vehicle_id) LEFT JOIN dc USING (vehicle_key)
+WHERE s.kwh > 0
+UNION ALL
+SELECT v.vehicle_id, NULL, dc.kwh FROM vehicles v JOIN dc USING (vehicle_key) WHERE v.vehicle_id = ANY(%(others)s)
 """
 
 
-async def link_segments(conn: Conn, lo: datetime, hi: datetime) -> list[tuple[str, int, datetime, datetime]]:
-    """(vehicle, meter key, from, to) of every link in force during [lo, hi), cut to it; links to a meter that
-    never sent a reading are left out."""
-    cur = await conn.execute(LINK_SEGMENTS, {"lo": lo, "hi": hi})
+async def partial_segments(conn: Conn, lo: datetime, hi: datetime) -> list[tuple[str, int, datetime, datetime]]:
+    """(vehicle, meter key, from, to) of the links that begin or end inside [lo, hi), cut to it; links to a meter
+    that never sent a reading are left out."""
+    cur = await conn.execute(PARTIAL_SEGMENTS, {"lo": lo, "hi": hi})
     return list(await cur.fetchall())
 
 
 async def served_energy(
     conn: Conn, ranges: list[tuple[int, str, datetime, datetime]], lo: datetime, hi: datetime
 ) -> dict[str, Decimal]:
-    """Per vehicle: the meter energy of the rollup hours in its (meter key, vehicle, from hour, to hour) ranges."""
     if not ranges:
         return {}
     cur = await conn.execute(
@@ -518,13 +531,10 @@ async def served_energy(
     return {vehicle: kwh for vehicle, kwh in await cur.fetchall()}
 
 
-async def meter_energy(conn: Conn, lo: datetime, hi: datetime) -> dict[int, Decimal]:
-    """Per meter key: its energy over the rollup hours [lo, hi)."""
-    cur = await conn.execute(METER_AC, {"lo": lo, "hi": hi})
-    return {meter: kwh for meter, kwh in await cur.fetchall()}
-
-
-async def vehicle_energy(conn: Conn, lo: datetime, hi: datetime) -> dict[str, Decimal]:
-    """Per vehicle: its DC over the rollup hours [lo, hi)."""
-    cur = await conn.execute(VEHICLE_DC, {"lo": lo, "hi": hi})
-    return {vehicle: kwh for vehicle, kwh in await cur.fetchall()}
+async def standing_energy(
+    conn: Conn, lo: datetime, hi: datetime, others: list[str]
+) -> list[tuple[str, Decimal | None, Decimal]]:
+    """(vehicle, AC, DC) of every vehicle with a standing link over [lo, hi) that drew AC, and (vehicle, None, DC)
+    of `others`."""
+    cur = await conn.execute(STANDING, {"lo": lo, "hi": hi, "others": others})
+    return list(await cur.fetchall())

@@ -315,58 +315,50 @@ class VehicleEnergy:
         return (self.dc_kwh / self.ac_kwh).quantize(Decimal("0.0001"), context=_ROUNDING)
 
 
-def served_ranges(
-    segments: list[tuple[str, int, datetime, datetime]], start: datetime, end: datetime
-) -> tuple[dict[int, str], list[tuple[int, str, datetime, datetime]]]:
-    """Which meter-hours of [start, end) count for which vehicle, from the links in force then: the meters that
-    served one vehicle over the whole window (meter key → vehicle), and (meter key, vehicle, from hour, to hour)
-    ranges for the others. An hour counts for a vehicle when that vehicle alone was linked to the meter at some
-    time in it: a link that begins or ends inside an hour (a charging session's) counts the hour, and an hour in
-    which two vehicles took turns on one meter counts for neither. Rollups cannot split an hour."""
+def served_ranges(segments: list[tuple[str, int, datetime, datetime]]) -> list[tuple[int, str, datetime, datetime]]:
+    """Which meter-hours count for which vehicle, from links that begin or end inside the window: (meter key,
+    vehicle, from hour, to hour) ranges. An hour counts for a vehicle when that vehicle alone was linked to the
+    meter at some time in it: a link that begins or ends inside an hour (a charging session's) counts the hour,
+    and an hour in which two vehicles took turns on one meter counts for neither. Rollups cannot split an hour."""
     by_meter: dict[int, list[tuple[str, datetime, datetime]]] = {}
     for vehicle, meter, lo, hi in segments:
         by_meter.setdefault(meter, []).append((vehicle, lo, hi))
-    whole: dict[int, str] = {}
     ranges: list[tuple[int, str, datetime, datetime]] = []
     for meter, spans in by_meter.items():
-        if len(spans) == 1 and spans[0][1] <= start and spans[0][2] >= end:  # the usual case: a standing link
-            whole[meter] = spans[0][0]
-        elif len({vehicle for vehicle, _, _ in spans}) == 1:  # stretches of hours, merged
+        if len({vehicle for vehicle, _, _ in spans}) == 1:  # stretches of hours, merged
             vehicle = spans[0][0]
             ranges += [(meter, vehicle, lo, hi) for lo, hi in merge((floor_hour(a), ceil_hour(b)) for _, a, b in spans)]
-        else:  # vehicles in turn: hour by hour
-            linked: dict[datetime, set[str]] = {}
-            for vehicle, lo, hi in spans:
-                hour = floor_hour(lo)
-                while hour < hi:
-                    linked.setdefault(hour, set()).add(vehicle)
-                    hour += HOUR
-            for hour, vehicles in sorted(linked.items()):
-                if len(vehicles) == 1:
-                    (vehicle,) = vehicles
-                    if ranges and ranges[-1][0] == meter and ranges[-1][1] == vehicle and ranges[-1][3] == hour:
-                        ranges[-1] = (meter, vehicle, ranges[-1][2], hour + HOUR)
-                    else:
-                        ranges.append((meter, vehicle, hour, hour + HOUR))
-    return whole, ranges
+            continue
+        linked: dict[datetime, set[str]] = {}  # vehicles in turn: hour by hour
+        for vehicle, lo, hi in spans:
+            hour = floor_hour(lo)
+            while hour < hi:
+                linked.setdefault(hour, set()).add(vehicle)
+                hour += HOUR
+        for hour, vehicles in sorted(linked.items()):
+            if len(vehicles) == 1:
+                (vehicle,) = vehicles
+                if ranges and ranges[-1][0] == meter and ranges[-1][1] == vehicle and ranges[-1][3] == hour:
+                    ranges[-1] = (meter, vehicle, ranges[-1][2], hour + HOUR)
+                else:
+                    ranges.append((meter, vehicle, hour, hour + HOUR))
+    return ranges
 
 
 async def energy_over_hours(conn: Conn, start: datetime, end: datetime) -> list[VehicleEnergy]:
     """Every vehicle's AC and DC over the whole UTC hours [start, end), from hourly rollups only (no raw
-    reading): the vehicles that drew AC then. DC counts every hour; AC the meter-hours `served_ranges` gives
-    the vehicle. A pass over the window's rollups of each kind (and one more over the meters' for links that
-    begin or end inside the window)."""
+    reading): the vehicles that drew AC then. DC counts every hour. A link in force over the whole window gives
+    its vehicle every hour of its meter; other links, the meter-hours `served_ranges` gives them. One pass over
+    each kind's rollups (and one more over the meters' when links begin or end inside the window)."""
     if start != floor_hour(start) or end != floor_hour(end):
         raise ValueError("whole hours only")
-    whole, ranges = served_ranges(await repository.link_segments(conn, start, end), start, end)
-    ac: dict[str, Decimal] = {}
-    if whole:
-        for meter, kwh in (await repository.meter_energy(conn, start, end)).items():
-            if meter in whole:
-                ac[whole[meter]] = ac.get(whole[meter], Decimal(0)) + kwh
-    for vehicle, kwh in (await repository.served_energy(conn, ranges, start, end)).items():
-        ac[vehicle] = ac.get(vehicle, Decimal(0)) + kwh
-    if not any(kwh > 0 for kwh in ac.values()):
-        return []
-    dc = await repository.vehicle_energy(conn, start, end)
-    return [VehicleEnergy(v, kwh, dc.get(v, Decimal(0))) for v, kwh in sorted(ac.items()) if kwh > 0]
+    ranges = served_ranges(await repository.partial_segments(conn, start, end))
+    served = {v: kwh for v, kwh in (await repository.served_energy(conn, ranges, start, end)).items() if kwh > 0}
+    found = []
+    for vehicle, ac, dc in await repository.standing_energy(conn, start, end, sorted(served)):
+        if ac is None:  # a vehicle of the other links: its DC
+            found.append(VehicleEnergy(vehicle, served.pop(vehicle), dc))
+        else:
+            found.append(VehicleEnergy(vehicle, ac, dc))
+    found += [VehicleEnergy(vehicle, kwh, Decimal(0)) for vehicle, kwh in served.items()]  # no DC at all
+    return found
