@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from energy_ingest_bench import alerts as alerts_bench
 from energy_ingest_bench import analytics, dashboard, ingest, mqtt_ingest, ocpp_load
 from energy_ingest_bench.harness import FreshDatabase, Server
 
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         parts += analytics.render(combined["analytics"])
     text = "\n".join(parts)
     text = dashboard.keep_section(text, args.out)  # python -m energy_ingest_bench.dashboard writes it
+    text = alerts_bench.keep_section(text, args.out)  # python -m energy_ingest_bench.alerts writes it
     (args.out / "RESULTS.md").write_text(text)
     print(text)
     print(f"written to {args.out / 'RESULTS.md'} and {path}", file=sys.stderr)
