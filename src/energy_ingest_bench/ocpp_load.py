@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import statistics
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ SUBPROTOCOL = Subprotocol("ocpp1.6")
 PREFIX = "BENCH"
 HANDSHAKES_IN_FLIGHT = 100  # charge points opening at once (a fleet reconnecting after a restart)
 SETUP_CONCURRENCY = 16  # HTTP requests registering charge points and idTags
+SETUP_ATTEMPTS = 5
 CALL_TIMEOUT_S = 60.0  # a CALL without an answer after this long counts as unanswered
 # A CALLERROR InternalError says nothing was stored (the writer's queue is full, or the database away):
 # the charge point sends the CALL again after a pause, as chargers do with transaction messages.
@@ -258,6 +260,21 @@ def _meter_readings(url: str) -> int:
         return int(row[0]) if row else 0
 
 
+async def _send(client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any]) -> int | str:
+    """The answer's status, after resending on a lost connection or a 429/503; the error when none came."""
+    for attempt in range(SETUP_ATTEMPTS):
+        try:
+            response = await client.request(method, url, json=body)
+        except httpx.TransportError as exc:
+            if attempt == SETUP_ATTEMPTS - 1:
+                return type(exc).__name__
+        else:
+            if response.status_code not in (429, 503) or attempt == SETUP_ATTEMPTS - 1:
+                return response.status_code
+        await asyncio.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 async def _register(base: str, key: str, chargers: int, tally: _Tally) -> list[_ChargePoint]:
     limit = asyncio.Semaphore(SETUP_CONCURRENCY)
     points: list[_ChargePoint] = []
@@ -266,14 +283,16 @@ async def _register(base: str, key: str, chargers: int, tally: _Tally) -> list[_
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
 
         async def one(index: int) -> None:
-            point = _ChargePoint(index, "")
+            # The password is the benchmark's own: a resend after a lost answer finds the charger (409) made
+            # with it.
+            point = _ChargePoint(index, secrets.token_urlsafe(24))
             async with limit:
-                made = await client.post("/v1/chargers", json={"chargerId": point.id})
-                mapped = await client.put(f"/v1/id-tags/{point.tag}", json={"vehicleId": f"{PREFIX}-EV-{index:05d}"})
-            if made.status_code != 201 or mapped.status_code not in (200, 201):
-                tally.failures[f"registration: {made.status_code}/{mapped.status_code}"] += 1
+                made = await _send(client, "POST", "/v1/chargers", {"chargerId": point.id, "password": point.password})
+                vehicle = {"vehicleId": f"{PREFIX}-EV-{index:05d}"}
+                mapped = await _send(client, "PUT", f"/v1/id-tags/{point.tag}", vehicle)
+            if made not in (201, 409) or mapped not in (200, 201):
+                tally.failures[f"registration: {made}/{mapped}"] += 1
                 return
-            point.password = str(made.json()["password"])
             points.append(point)
 
         async with asyncio.TaskGroup() as tg:
@@ -305,7 +324,8 @@ async def _rounds(points: list[_ChargePoint], interval: float, duration: float, 
             except TimeoutError:
                 tally.unanswered += 1
             except websockets.ConnectionClosed as exc:
-                tally.failures[f"connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"] += 1
+                why = f"{exc.rcvd.code} {exc.rcvd.reason}".strip() if exc.rcvd else "no close frame"
+                tally.failures[f"connection closed by the server ({why})"] += 1
                 return
             else:
                 tally.latencies.append(latency)
