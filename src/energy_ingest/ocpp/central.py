@@ -65,8 +65,17 @@ def _ocpp_error(exc: Exception) -> ocpp_errors.OCPPError:
         return ocpp_errors.PropertyConstraintViolationError(exc.detail, {"errors": exc.errors or []})
     if isinstance(exc, Forbidden):
         return ocpp_errors.SecurityError(exc.detail)
-    if isinstance(exc, Overloaded | Unavailable):
-        return ocpp_errors.InternalError(f"{exc.detail} Nothing of this message was stored; send it again.")
+    if isinstance(exc, Overloaded):
+        # HTTP's text speaks of a Retry-After header; OCPP has none, so the delay goes in the details.
+        return ocpp_errors.InternalError(
+            "The service is taking as much as it can; nothing of this message was stored: send it again.",
+            {"retryAfterS": exc.retry_after},
+        )
+    if isinstance(exc, Unavailable):
+        return ocpp_errors.InternalError(
+            "The database is unavailable; nothing of this message was stored: send it again.",
+            {"retryAfterS": exc.retry_after} if exc.retry_after else {},
+        )
     if isinstance(exc, DomainError):
         return ocpp_errors.GenericError(exc.detail)
     if is_unavailable(exc):
