@@ -82,7 +82,8 @@ def test_document_lists_what_each_route_really_answers(client: TestClient[Any]) 
     def statuses(method: str, path: str) -> set[str]:
         return set(paths[path][method]["responses"])
 
-    assert statuses("post", "/v1/ingest") == {"201", "400", "401", "403", "413", "415", "429", "503"}
+    # 202: bus mode's answer (BUS_URL), in the stream and committed later by a writer
+    assert statuses("post", "/v1/ingest") == {"201", "202", "400", "401", "403", "413", "415", "429", "503"}
     link = {"200", "201", "400", "401", "403", "409", "413", "429", "503"}
     assert statuses("put", "/v1/vehicles/{vehicleId}/meter") == link
     assert statuses("get", "/v1/vehicles/{vehicleId}/meter") == {"200", "400", "401", "403", "404", "503"}

@@ -15,6 +15,7 @@ from typing import Any
 
 from energy_ingest_bench import alerts as alerts_bench
 from energy_ingest_bench import analytics, dashboard, ingest, mqtt_ingest, ocpp_load
+from energy_ingest_bench import bus as bus_bench
 from energy_ingest_bench.harness import FreshDatabase, Server
 
 # Sizes of a full run, and of `--quick`; a flag given on the command line wins over both.
@@ -38,6 +39,9 @@ FULL: dict[str, Any] = {
     "ocpp_interval": 10.0,
     "ocpp_duration": 40.0,
     "ocpp_settle_s": ocpp_load.SETTLE_S,
+    "bus_requests": 2_000,
+    "bus_batch": 100,
+    "bus_singles": 20_000,
 }
 QUICK: dict[str, Any] = {
     "runs": 1,
@@ -59,6 +63,9 @@ QUICK: dict[str, Any] = {
     "ocpp_interval": 1.0,
     "ocpp_duration": 3.5,
     "ocpp_settle_s": 0.5,
+    "bus_requests": 50,
+    "bus_batch": 20,
+    "bus_singles": 200,
 }
 
 
@@ -117,6 +124,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help=f"OCPP: pause before each memory sample ({FULL['ocpp_settle_s']:g})",
     )
+    p.add_argument("--bus", action="store_true", help="run bus mode beside direct mode instead (needs nats-server)")
+    p.add_argument("--bus-requests", type=int, help=f"bus: requests per phase ({FULL['bus_requests']:,})")
+    p.add_argument("--bus-batch", type=int, help=f"bus: readings per request ({FULL['bus_batch']})")
+    p.add_argument("--bus-connections", type=int, default=16, help="bus: connections of the load")
+    p.add_argument("--bus-singles", type=int, help=f"bus: single-reading requests per phase ({FULL['bus_singles']:,})")
+    p.add_argument("--bus-devices", type=int, default=10_000, help="bus: meters and vehicles in all")
     p.add_argument("--analytics", action="store_true", help="run the analytics benchmark instead")
     p.add_argument("--devices", type=int, help=f"analytics: meters and as many vehicles ({FULL['devices']:,})")
     p.add_argument("--days", type=int, help=f"analytics: days of one reading a minute ({FULL['days']})")
@@ -174,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     combined: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     if "figures" in combined:  # the ingest-only layout of earlier versions
         combined = {"ingest": combined}
-    if args.analytics:
+    if args.bus:
+        combined["bus"] = bus_bench.run(args)
+    elif args.analytics:
         combined["analytics"] = run_analytics(args)
     elif args.ocpp_only:
         combined["ocpp"] = run_ocpp(args)
@@ -189,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         parts += ocpp_load.render(combined["ocpp"])
     if "analytics" in combined:
         parts += analytics.render(combined["analytics"])
+    if "bus" in combined:
+        parts += bus_bench.render(combined["bus"])
     text = "\n".join(parts)
     text = dashboard.keep_section(text, args.out)  # python -m energy_ingest_bench.dashboard writes it
     text = alerts_bench.keep_section(text, args.out)  # python -m energy_ingest_bench.alerts writes it
