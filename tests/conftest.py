@@ -117,3 +117,14 @@ def session_client(database_url: str) -> Iterator[TestClient[Any]]:
 def client(session_client: TestClient[Any], db: psycopg.Connection[tuple[Any, ...]]) -> TestClient[Any]:
     """The HTTP API of a service on the session database, with the tables emptied first."""
     return session_client
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With SERVER_TESTS_ONLY=1 (CI's second run, on the machine's PostgreSQL server), only the tests
+    that talk to TEST_DATABASE_URL's server run: the rest (their own embedded PostgreSQL, pure units)
+    were run, as they are, by the first."""
+    if os.environ.get("SERVER_TESTS_ONLY") != "1":
+        return
+    keep = [item for item in items if "database_url" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
