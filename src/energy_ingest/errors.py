@@ -74,3 +74,10 @@ class Unavailable(DomainError):
     def __init__(self, detail: str, *, retry_after: float | None = None, title: str | None = None) -> None:
         super().__init__(detail, title=title)
         self.retry_after = retry_after
+
+
+def check_limit(limit: int, most: int) -> int:
+    """A page size of 1 to `most`, or InvalidInput naming `limit`."""
+    if not 1 <= limit <= most:
+        raise InvalidInput(f"`limit` must be 1–{most}", errors=[{"field": "limit", "reason": "out of range"}])
+    return limit

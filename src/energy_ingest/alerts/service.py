@@ -21,7 +21,7 @@ from energy_ingest.alerts import repository as repo
 from energy_ingest.alerts.repository import AlertRow, Key, SettingsRow
 from energy_ingest.config import Settings, parse_duration
 from energy_ingest.db.pool import Conn, Pool
-from energy_ingest.errors import Conflict, InvalidInput, NotFound
+from energy_ingest.errors import Conflict, InvalidInput, NotFound, check_limit
 from energy_ingest.metrics import ALERT_CHANGES
 from energy_ingest.webhooks import service as webhooks
 
@@ -268,8 +268,7 @@ async def page(
     cursor: str | None,
     limit: int,
 ) -> AlertPage:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+    check_limit(limit, MAX_LIMIT)
     if start is not None and end is not None and start >= end:
         raise InvalidInput("`from` must be before `to`", errors=[{"field": "from", "reason": "not before `to`"}])
     statuses: list[str] | None = None

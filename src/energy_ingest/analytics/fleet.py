@@ -16,7 +16,7 @@ from energy_ingest.analytics.repository import NO_EFFICIENCY, FleetCursor, Fleet
 from energy_ingest.analytics.service import ReadingCounts, Resolution, Window, mean, round_kwh, shown
 from energy_ingest.analytics.windows import HOUR, floor_hour, merge
 from energy_ingest.db.pool import Conn, Pool
-from energy_ingest.errors import InvalidInput
+from energy_ingest.errors import InvalidInput, check_limit
 from energy_ingest.readings.model import DEVICE_ID_PATTERN
 
 Status = Literal["alert", "ok", "insufficientData"]
@@ -93,8 +93,7 @@ async def fleet_plan(
 async def report(
     pool: Pool, window: Window, below: float, min_ac_kwh: float, limit: int, cursor: str | None
 ) -> FleetReport:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+    check_limit(limit, MAX_LIMIT)
     if min_ac_kwh < 0:
         raise InvalidInput("`minAcKwh` must be ≥ 0", errors=[{"field": "minAcKwh", "reason": "negative"}])
     after = decode_cursor(cursor) if cursor else None

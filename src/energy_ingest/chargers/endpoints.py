@@ -13,7 +13,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from energy_ingest.chargers import service
 from energy_ingest.chargers.service import CHARGER_ID, ID_TAG, ChargerInfo, IdTag, NewCharger
-from energy_ingest.errors import InvalidInput
+from energy_ingest.errors import InvalidInput, check_limit
 from energy_ingest.http.context import ServicesDep
 from energy_ingest.http.openapi import BAD_PARAMETERS, BODY_ERRORS, DATABASE_DOWN, ProblemOperation, problems
 from energy_ingest.readings.model import DeviceId
@@ -45,12 +45,6 @@ class IdTagRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
 class IdTagPage(msgspec.Struct, rename="camel"):
     id_tags: list[IdTag]
     next_cursor: str | None
-
-
-def _limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
-    return limit
 
 
 def _cursor(value: str | None, pattern: re.Pattern[str]) -> str | None:
@@ -94,7 +88,7 @@ async def register_charger(services: ServicesDep, data: JSONBody[ChargerRequest]
     responses=problems({400: BAD_PARAMETERS, 503: DATABASE_DOWN}),
 )
 async def list_chargers(services: ServicesDep, limit: Limit = 100, cursor: Cursor = None) -> ChargerPage:
-    rows = await service.page(services.pool, _cursor(cursor, CHARGER_ID), _limit(limit))
+    rows = await service.page(services.pool, _cursor(cursor, CHARGER_ID), check_limit(limit, MAX_LIMIT))
     return ChargerPage(chargers=rows, next_cursor=rows[-1].charger_id if len(rows) == limit else None)
 
 
@@ -161,7 +155,7 @@ async def get_id_tag(services: ServicesDep, idTag: IdTagPath) -> IdTag:
     responses=problems({400: BAD_PARAMETERS, 503: DATABASE_DOWN}),
 )
 async def list_id_tags(services: ServicesDep, limit: Limit = 100, cursor: Cursor = None) -> IdTagPage:
-    rows = await service.id_tags(services.pool, _cursor(cursor, ID_TAG), _limit(limit))
+    rows = await service.id_tags(services.pool, _cursor(cursor, ID_TAG), check_limit(limit, MAX_LIMIT))
     return IdTagPage(id_tags=rows, next_cursor=rows[-1].id_tag if len(rows) == limit else None)
 
 

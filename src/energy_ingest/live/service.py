@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from energy_ingest.db.pool import Conn, Pool
-from energy_ingest.errors import InvalidInput, NotFound
+from energy_ingest.errors import InvalidInput, NotFound, check_limit
 from energy_ingest.kinds import METER, VEHICLE, Kind
 from energy_ingest.live import repository
 from energy_ingest.live.repository import MeterLive, RegisterEvent, VehicleLive
@@ -60,19 +60,13 @@ def stale_cutoff(stale: str | None, now: datetime | None = None) -> datetime | N
     return (now or datetime.now(UTC)) - silence
 
 
-def _limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
-    return limit
-
-
 async def vehicles(pool: Pool, limit: int, cursor: str | None, stale: str | None) -> VehiclePage:
-    rows = await repository.vehicles(pool, _limit(limit), cursor, stale_cutoff(stale))
+    rows = await repository.vehicles(pool, check_limit(limit, MAX_LIMIT), cursor, stale_cutoff(stale))
     return VehiclePage(devices=rows, next_cursor=rows[-1].vehicle_id if len(rows) == limit else None)
 
 
 async def meters(pool: Pool, limit: int, cursor: str | None, stale: str | None) -> MeterPage:
-    rows = await repository.meters(pool, _limit(limit), cursor, stale_cutoff(stale))
+    rows = await repository.meters(pool, check_limit(limit, MAX_LIMIT), cursor, stale_cutoff(stale))
     return MeterPage(devices=rows, next_cursor=rows[-1].meter_id if len(rows) == limit else None)
 
 

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 import msgspec
 
 from energy_ingest.db.pool import Conn
-from energy_ingest.errors import InvalidInput, NotFound
+from energy_ingest.errors import InvalidInput, NotFound, check_limit
 from energy_ingest.webhooks import repository as repo
 from energy_ingest.webhooks import urls
 from energy_ingest.webhooks.repository import AttemptRow, Claimed, DeliveryRow, WebhookRow
@@ -225,8 +225,7 @@ def _cursor(value: str | None) -> int | None:
 
 async def deliveries(conn: Conn, webhook_id: int, cursor: str | None, limit: int) -> DeliveryPage:
     """A webhook's deliveries, newest first, with their attempts and the receiver's answers."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(f"`limit` must be 1–{MAX_LIMIT}", errors=[{"field": "limit", "reason": "out of range"}])
+    check_limit(limit, MAX_LIMIT)
     before = _cursor(cursor)
     await get(conn, webhook_id)
     rows = await repo.deliveries(conn, webhook_id, before, limit + 1)
