@@ -95,6 +95,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         data_dir=Path("unused"),
         allowed_hosts="testserver.local,localhost,127.0.0.1",  # the test clients' Host
         alert_interval_s=3600.0,  # no alert round in the middle of a test unless it asks for them
+        # Test apps share one database: only the ones that test webhooks send its deliveries, as they allow.
+        webhook_deliveries=False,
     )
     return base.with_overrides(**overrides)
 

@@ -162,8 +162,9 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
         # Alerts: every worker keeps the schedule (one evaluates each round) and sends due webhook deliveries.
         alert_tasks = [
             asyncio.create_task(keep_evaluating(pool, settings, deliveries.wake), name="alert-evaluator"),
-            asyncio.create_task(deliveries.run(), name="webhook-deliveries"),
         ]
+        if settings.webhook_deliveries:
+            alert_tasks.append(asyncio.create_task(deliveries.run(), name="webhook-deliveries"))
         bus_tasks = [asyncio.create_task(bus.run(), name="bus-publisher")] if bus is not None else []
         if read_pool is not None:
             bus_tasks.append(asyncio.create_task(reads.watch(), name="read-replica-watch"))

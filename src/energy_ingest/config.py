@@ -74,6 +74,7 @@ class Settings:
     webhook_retry_base_s: float = 5.0
     webhook_timeout_s: float = 10.0
     webhook_allowed_networks: str = ""  # comma-separated CIDRs a webhook may reach although not public
+    webhook_deliveries: bool = True  # this process sends due deliveries (off: leave them to other processes)
     # who may come in
     auth: bool = True
     allowed_hosts: str = ""  # comma-separated Host names; empty: the bind address and localhost

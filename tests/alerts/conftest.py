@@ -29,6 +29,7 @@ def alerting_app(database_url: str, **overrides: Any) -> Any:
         "webhook_allowed_networks": "127.0.0.0/8",
         "webhook_retry_base_s": 0.2,
         "webhook_timeout_s": 2.0,
+        "webhook_deliveries": True,
     } | overrides
     return create_app(make_settings(database_url, **settings), database_url)
 

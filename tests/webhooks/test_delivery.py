@@ -10,7 +10,8 @@ from typing import Any
 import psycopg
 from litestar.testing import TestClient
 
-from tests.alerts.conftest import SECRET, alerts, evaluate, finished_deliveries, hook
+from tests.alerts.conftest import SECRET, alerting_app, alerts, evaluate, finished_deliveries, hook
+from tests.conftest import api
 from tests.support import meter
 from tests.webhooks.receiver import HANG, Receiver
 
@@ -126,3 +127,20 @@ def test_bad_webhooks_are_refused_naming_the_field(alerting: TestClient[Any], re
         assert field in answer.text, answer.text
     assert alerting.get("/v1/webhooks").json() == []
     assert alerting.get("/v1/webhooks/1/deliveries", params={"cursor": "!!"}).status_code in (400, 404)
+
+
+def test_a_process_with_deliveries_off_leaves_them_to_one_with_them_on(
+    database_url: str, db: psycopg.Connection[tuple[Any, ...]], receiver: Receiver
+) -> None:
+    with api(alerting_app(database_url, webhook_deliveries=False)) as quiet:
+        webhook = hook(quiet, receiver.url)
+        assert quiet.post(f"/v1/webhooks/{webhook}/test").status_code == 202
+        time.sleep(BASE_S * 5)  # several of its polls
+        (pending,) = quiet.get(f"/v1/webhooks/{webhook}/deliveries").json()["deliveries"]
+        assert pending["status"] == "pending" and pending["attempts"] == 0
+    assert receiver.received() == []
+    with api(alerting_app(database_url)) as sending:
+        (delivery,) = finished_deliveries(sending, webhook)
+    assert delivery["status"] == "delivered" and delivery["attempts"] == 1
+    (got,) = receiver.received()
+    assert got.json["event"] == "webhook.test" and got.signed_by(SECRET)
