@@ -217,3 +217,41 @@ def test_a_full_writer_holds_messages_back_and_loses_none(
         assert len(_rows(db, "meter", "MTR-BP", 1)) == 1
         locker.rollback()  # the writer can write again
     assert [ts for ts, _ in _rows(db, "meter", "MTR-BP", 151)] == [T, *sent]
+
+
+def test_a_burst_taken_together_fails_only_its_bad_messages(
+    broker: Mosquitto, service: TestClient[Any], db: Conn
+) -> None:
+    # A worker writes the messages waiting at once together; each one still stands or falls alone.
+    register = meter("MTR-REG", T, kwhConsumedAcTotal=100.0)
+    asyncio.run(publish(broker.url, [(f"{P}/meters/MTR-REG", reading_payload(register, "kwhConsumedAc"))]))
+    _rows(db, "meter", "MTR-REG", 1)  # its form is a register from now on
+    stored, rejected = _messages(service, "stored"), _messages(service, "rejected")
+    good = [(f"{P}/meters/MTR-B{i}", reading_payload(meter(f"MTR-B{i}", T, kwh=i / 8))) for i in range(300)]
+    bad = [
+        (f"{P}/meters/MTR-REG", reading_payload(meter("MTR-REG", T + timedelta(minutes=1)))),  # the other form
+        (f"{P}/meters/MTR-B7", reading_payload(meter("MTR-X", T))),  # another device's reading
+        (f"{P}/meters/MTR-B9", b"{"),
+    ]
+
+    async def scenario() -> list[tuple[str, dict[str, Any]]]:
+        async with device(broker.url, listen=f"{P}/errors/#") as client:
+            burst = good[:150] + bad + good[150:]
+            await asyncio.gather(*(client.publish(topic, payload, qos=1) for topic, payload in burst))
+            return await answers(client, len(bad))
+
+    found = asyncio.run(scenario())
+    by_device = {topic.rsplit("/", 1)[1]: problem for topic, problem in found}
+    assert {device: p["status"] for device, p in by_device.items()} == {"MTR-REG": 400, "MTR-B7": 403, "MTR-B9": 400}
+    (form,) = by_device["MTR-REG"]["errors"]
+    assert form["field"] == "kwhConsumedAc" and "reports kwhConsumedAcTotal" in form["reason"]
+    assert by_device["MTR-B7"]["title"] == "Device mismatch"
+    assert by_device["MTR-B9"]["title"] == "Malformed JSON"
+    deadline = time.monotonic() + 30
+    query = "SELECT d.meter_id, r.kwh_consumed_ac FROM meter_readings r JOIN meters d USING (meter_key)"
+    while len(rows := db.execute(query + " WHERE d.meter_id LIKE 'MTR-B%'").fetchall()) < len(good):
+        assert time.monotonic() < deadline, f"{len(rows)} of {len(good)} stored"
+        time.sleep(0.05)
+    assert sorted(rows) == sorted((f"MTR-B{i}", i / 8) for i in range(300))
+    assert len(_rows(db, "meter", "MTR-REG", 1)) == 1 and _messages(service, "stored") == stored + len(good)
+    assert _messages(service, "rejected") == rejected + len(bad)

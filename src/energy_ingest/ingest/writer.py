@@ -179,6 +179,29 @@ class GroupCommitWriter:
     async def submit(self, batch: DecodedBatch, received_at: datetime | None = None) -> IngestResult:
         """Queue a request's readings; return once they are committed. `received_at`: when the service
         received them, if not now (a bus writer passes the front end's time)."""
+        request = self._enqueue(batch, received_at or datetime.now(UTC))
+        self._arrived.set()
+        # Shielded: a client that hangs up does not cancel a write others share.
+        return await asyncio.shield(request.future)
+
+    async def submit_many(self, batches: Sequence[DecodedBatch]) -> list[IngestResult | Exception]:
+        """Queue several requests at once (the messages an MQTT worker took together); once every one
+        admitted is committed or failed, return each one's result or error, in order. A request the bounds
+        refuse gets its error (Overloaded, DatabaseUnavailable) and the others go on."""
+        received_at = datetime.now(UTC)
+        queued: list[_Request | Exception] = []
+        for batch in batches:
+            try:
+                queued.append(self._enqueue(batch, received_at))
+            except errors.DomainError as exc:
+                queued.append(exc)
+        self._arrived.set()
+        futures = [q.future for q in queued if isinstance(q, _Request)]
+        if futures:
+            await asyncio.wait(futures)  # never cancels them: others' readings share the flushes
+        return [_outcome(q.future) if isinstance(q, _Request) else q for q in queued]
+
+    def _enqueue(self, batch: DecodedBatch, received_at: datetime) -> _Request:
         size = len(batch)
         loop = asyncio.get_running_loop()
         # Bounds on memory (readings, requests) and on latency (how long the oldest request has
@@ -192,14 +215,12 @@ class GroupCommitWriter:
             if self._unavailable is not None:  # the queue is full because the database is away
                 raise DatabaseUnavailable(self._unavailable)
             raise Overloaded()
-        request = _Request(batch, received_at or datetime.now(UTC), loop.create_future(), loop.time())
+        request = _Request(batch, received_at, loop.create_future(), loop.time())
         self._pending_readings += size
         self._pending_requests += 1
         self._queued_readings += size
         self._queue.append(request)
-        self._arrived.set()
-        # Shielded: a client that hangs up does not cancel a write others share.
-        return await asyncio.shield(request.future)
+        return request
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -460,6 +481,15 @@ def _stream(kind: Kind, sql: repo.StreamSQL, readings: Callable[[DecodedBatch], 
 METERS = _stream(METER, repo.METER_SQL, lambda b: b.meters)
 VEHICLES = _stream(VEHICLE, repo.VEHICLE_SQL, lambda b: b.vehicles)
 _STREAMS = (METERS, VEHICLES)
+
+
+def _outcome(future: asyncio.Future[IngestResult]) -> IngestResult | Exception:
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    if isinstance(exc, Exception):
+        return exc
+    raise exc
 
 
 def _wrong_form(

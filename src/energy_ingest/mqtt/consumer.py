@@ -2,15 +2,18 @@
 messages through an MQTT 5 shared subscription, and hands their readings to the one ingest core.
 
 Delivery. A QoS 1 message is acknowledged (PUBACK) only once its readings are committed, and PUBACKs go
-in the order the messages came (MQTT 5, 4.6). Messages are handled concurrently (the group-commit
-writer batches them), at most `IN_FLIGHT` at once, which is also the Receive Maximum asked of the
-broker: past it, the broker holds the rest. The session is persistent and its client id stays the
-same across restarts (`{MQTT_GROUP}-{host}-{PORT}-{slot}`, the slot a lock file in DATA_DIR/mqtt), so
-what the broker holds for this worker (messages not yet acknowledged, and the share of the group's
-messages sent while it was away, as Mosquitto does) comes back to it when it returns.
+in the order the messages came (MQTT 5, 4.6). The messages waiting when the consumer looks are taken
+together: each is decoded and authorized on its own, and all go to the writer at once (one wait, not one
+task each), where each stands or falls alone. Groups are handled concurrently (the group-commit writer
+batches them), at most `IN_FLIGHT` messages at once, which is also the Receive Maximum asked of the
+broker: past it, the broker holds the rest. The session is persistent and its client id stays the same
+across restarts (`{MQTT_GROUP}-{host}-{PORT}-{slot}`, the slot a lock file in DATA_DIR/mqtt), so what the
+broker holds for this worker (messages not yet acknowledged, and the share of the group's messages sent
+while it was away, as Mosquitto does) comes back to it when it returns.
 
-Backpressure. When the writer is full (or the database away), the message is retried after a pause
-and no new message is taken until it goes through; nothing is acknowledged meanwhile.
+Backpressure. When the writer is full (or the database away), the messages it refused are offered again
+(after a pause when none went in), and no new message is taken until they all went in; nothing is
+acknowledged meanwhile.
 
 Bad payloads are answered with problem JSON on `{prefix}/errors/{device}`, then acknowledged.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -51,6 +55,7 @@ from energy_ingest.errors import (
     UnsupportedFormat,
 )
 from energy_ingest.ingest.service import IngestService
+from energy_ingest.ingest.writer import IngestResult
 from energy_ingest.keys.service import Principal
 from energy_ingest.metrics import MQTT_CONNECTED, MQTT_DISCONNECTS, MQTT_MESSAGES
 from energy_ingest.mqtt import payloads
@@ -67,6 +72,7 @@ RETRY_S = (0.05, 1.0)  # first and longest pause before offering a message to a 
 SLOTS = 256
 FULL_LOG_EVERY_S = 10.0
 ROOM_CHECK_S = 1.0  # while held back, how often to look whether the connection is still there
+_INGEST = frozenset({"ingest"})
 
 # The status each answer carries, as HTTP would give it.
 _STATUS: tuple[tuple[type[DomainError], int], ...] = (
@@ -118,6 +124,7 @@ class Consumer:
         self._room.set()
         self._full_since = -math.inf  # when the writer was last found full (for the log)
         self._slot: int | None = None
+        self._inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the connection's received messages
 
     def down(self) -> str | None:
         """Why the consumer is not connected and subscribed, or None when it is."""
@@ -179,11 +186,24 @@ class Consumer:
             properties=properties,
             keepalive=KEEPALIVE_S,
             tls_context=self._tls,
+            queue_type=self._inbox_type(),
         )
         # aiomqtt 2.5 has no manual acknowledgement yet (aiomqtt#345): its paho client has. Set before
         # connecting, as the broker sends what it kept for the session right after CONNACK.
         client._client.manual_ack_set(True)
         return client
+
+    def _inbox_type(self) -> type[asyncio.Queue[aiomqtt.Message]]:
+        """aiomqtt's queue of received messages, as one the consumer keeps hold of, so that it can take every
+        message waiting at once rather than one loop turn each."""
+        consumer = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                consumer._inbox = self
+
+        return Inbox
 
     async def _session(self, client_id: str) -> None:
         async with self._client(client_id) as client:
@@ -207,18 +227,24 @@ class Consumer:
         slots = asyncio.Semaphore(IN_FLIGHT)
         handlers: set[asyncio.Task[None]] = set()
 
-        def finished(task: asyncio.Task[None]) -> None:
+        def finished(task: asyncio.Task[None], count: int) -> None:
             handlers.discard(task)
-            slots.release()
+            for _ in range(count):
+                slots.release()
 
         try:
             async for message in client.messages:
+                # With it, every message already received: decoded one by one, written together.
+                taken = [message]
+                while self._inbox is not None and not self._inbox.empty() and len(taken) < IN_FLIGHT:
+                    taken.append(self._inbox.get_nowait())
                 await self._wait_for_room(client)
-                await slots.acquire()
-                entry = acks.expect(message)
-                task = asyncio.create_task(self._handle(client, message, acks, entry))
+                for _ in taken:
+                    await slots.acquire()
+                group = [(m, acks.expect(m)) for m in taken]
+                task = asyncio.create_task(self._handle(client, group, acks))
                 handlers.add(task)
-                task.add_done_callback(finished)
+                task.add_done_callback(functools.partial(finished, count=len(group)))
         finally:
             # Messages not done are not acknowledged: the broker sends them again on reconnection.
             for task in handlers:
@@ -233,49 +259,49 @@ class Consumer:
             if not client._client.is_connected():
                 raise aiomqtt.MqttError("the connection was lost while the writer was full")
 
-    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message, acks: _Acks, entry: _Entry) -> None:
-        topic = message.topic.value
-        source = payloads.source_of(topic, self._prefix)
-        try:
+    async def _handle(self, client: aiomqtt.Client, group: list[tuple[aiomqtt.Message, _Entry]], acks: _Acks) -> None:
+        problems: list[_Problem] = []
+        decoded: list[tuple[str, payloads.Source, DecodedBatch]] = []
+        for message, _ in group:
+            topic = message.topic.value
+            source = payloads.source_of(topic, self._prefix)
             if source is None:  # only a broker that ignores our filters would send one
                 log.warning("mqtt: message on %s, which is none of ours: ignored", topic)
                 MQTT_MESSAGES.labels("ignored").inc()
-            else:
-                await self._take(client, topic, source, message.payload)
-        except aiomqtt.MqttError as exc:  # the answer could not be sent: the message comes again
-            log.warning("mqtt: could not answer on %s: %s", topic, exc)
-            return
-        acks.done(entry)
-
-    async def _take(self, client: aiomqtt.Client, topic: str, source: payloads.Source, payload: Any) -> None:
+                continue
+            try:
+                decoded.append((topic, source, self._decode(source, bytes(message.payload))))
+            except payloads.NoReading as exc:
+                log.debug("mqtt: %s", exc)
+                MQTT_MESSAGES.labels("ignored").inc()
+            except DomainError as exc:
+                problems.append(_Problem(topic, source, exc))
+            except Exception as exc:
+                log.exception("mqtt: a message on %s failed", topic)
+                problems.append(_Problem(topic, source, exc))
         # The device authenticated to the broker; binding the principal to the topic's device makes
         # "the id must match the topic" the core's own device-binding rule.
-        principal = Principal(name="mqtt", prefix=None, scopes=frozenset({"ingest"}), device_id=source.device)
-        try:
-            batch = self._decode(source, bytes(payload))
-            try:
-                await self._write(batch, principal)
-            except Forbidden:
-                raise Forbidden(
+        outcomes = await self._write([(batch, _principal(source.device)) for _, source, batch in decoded])
+        for (topic, source, batch), outcome in zip(decoded, outcomes, strict=True):
+            if isinstance(outcome, Forbidden):
+                outcome = Forbidden(
                     f"A message on {topic} may carry only readings of {source.device}; "
                     f"this one holds {_others(batch, source.device)}.",
                     title="Device mismatch",
-                ) from None
-        except payloads.NoReading as exc:
-            log.debug("mqtt: %s", exc)
-            MQTT_MESSAGES.labels("ignored").inc()
-        except DomainError as exc:
-            status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
-            errors = payloads.device_terms(source, exc.errors)
-            await self._answer(client, topic, source, status, exc.title, exc.detail, errors)
-        except Exception:
-            log.exception("mqtt: a message on %s failed", topic)
-            await self._answer(
-                client, topic, source, 500, "Internal error", "An unexpected error occurred; it has been logged.", None
-            )
-            MQTT_MESSAGES.labels("failed").inc()
-        else:
-            MQTT_MESSAGES.labels("stored").inc()
+                )
+            if isinstance(outcome, Exception):
+                if not isinstance(outcome, DomainError):
+                    log.error("mqtt: a message on %s failed", topic, exc_info=outcome)
+                problems.append(_Problem(topic, source, outcome))
+            else:
+                MQTT_MESSAGES.labels("stored").inc()
+        try:
+            await asyncio.gather(*(self._answer(client, problem) for problem in problems))
+        except aiomqtt.MqttError as exc:  # an answer could not be sent: the messages come again
+            log.warning("mqtt: could not answer on the errors topic: %s", exc)
+            return
+        for _, entry in group:
+            acks.done(entry)
 
     def _decode(self, source: payloads.Source, payload: bytes) -> DecodedBatch:
         limit = self._settings.body_limit_bytes
@@ -287,42 +313,72 @@ class Consumer:
         body = payloads.to_readings(source, payload, self._zone)
         return decode_json(body, self._rules, datetime.now(UTC))
 
-    async def _write(self, batch: DecodedBatch, principal: Principal) -> None:
-        """Into the ingest core; while the writer is full or the database away, pause and offer it again."""
+    async def _write(self, requests: list[tuple[DecodedBatch, Principal]]) -> list[IngestResult | Exception]:
+        """Into the ingest core; those the writer cannot take yet (full, or the database away) are offered
+        again, after a pause when none went in, and no new message is taken until all went in."""
+        outcomes: list[IngestResult | Exception] = []
+        waiting = list(range(len(requests)))
         pause = RETRY_S[0]
-        while True:
-            try:
-                await self._ingest.ingest(batch, principal)
-            except (Overloaded, Unavailable) as exc:
-                now = time.monotonic()
-                if now - self._full_since >= FULL_LOG_EVERY_S:  # once in a while, not once a message
-                    self._full_since = now
-                    log.warning("mqtt: %s; taking no new message until it is written", exc.detail)
-                self._room.clear()
-                limit = exc.retry_after if exc.retry_after else RETRY_S[1]
-                await asyncio.sleep(min(pause, limit, RETRY_S[1]))
+        while waiting:
+            results = await self._ingest.ingest_many([requests[i] for i in waiting])
+            if not outcomes:
+                outcomes = list(results)
+            held = []
+            for i, result in zip(waiting, results, strict=True):
+                outcomes[i] = result
+                if isinstance(result, Overloaded | Unavailable):
+                    held.append(i)
+            if not held:
+                break
+            now = time.monotonic()
+            if now - self._full_since >= FULL_LOG_EVERY_S:  # once in a while, not once a message
+                self._full_since = now
+                detail = next(r.detail for r in results if isinstance(r, Overloaded | Unavailable))
+                log.warning("mqtt: %s; taking no new message until it is written", detail)
+            self._room.clear()
+            if len(held) == len(waiting):  # none went in: wait a little longer each time
+                await asyncio.sleep(min(pause, RETRY_S[1]))
                 pause *= 2
-                continue
-            self._room.set()
-            return
+            else:
+                pause = RETRY_S[0]
+            waiting = held
+        self._room.set()
+        return outcomes
 
-    async def _answer(
-        self,
-        client: aiomqtt.Client,
-        topic: str,
-        source: payloads.Source,
-        status: int,
-        title: str,
-        detail: str,
-        errors: list[dict[str, Any]] | None,
-    ) -> None:
-        log.warning("mqtt: %s on %s: %s", title, topic, detail)
-        if status < 500:
+    async def _answer(self, client: aiomqtt.Client, problem: _Problem) -> None:
+        exc, topic = problem.error, problem.topic
+        if isinstance(exc, DomainError):
+            status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
+            title, detail, errors = exc.title, exc.detail, payloads.device_terms(problem.source, exc.errors)
+            log.warning("mqtt: %s on %s: %s", title, topic, detail)
             MQTT_MESSAGES.labels("rejected").inc()
-        problem = {"title": title, "status": status, "detail": detail, "topic": topic}
+        else:
+            status, title, detail, errors = (
+                500,
+                "Internal error",
+                "An unexpected error occurred; it has been logged.",
+                None,
+            )
+            MQTT_MESSAGES.labels("failed").inc()
+        answer: dict[str, Any] = {"title": title, "status": status, "detail": detail, "topic": topic}
         if errors:
-            problem["errors"] = errors
-        await client.publish(payloads.errors_topic(self._prefix, source.device), msgspec.json.encode(problem), qos=1)
+            answer["errors"] = errors
+        await client.publish(
+            payloads.errors_topic(self._prefix, problem.source.device), msgspec.json.encode(answer), qos=1
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """A message that gets an answer on the errors topic."""
+
+    topic: str
+    source: payloads.Source
+    error: Exception
+
+
+def _principal(device: str) -> Principal:
+    return Principal(name="mqtt", prefix=None, scopes=_INGEST, device_id=device)
 
 
 def _others(batch: DecodedBatch, device: str) -> str:
