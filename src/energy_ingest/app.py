@@ -122,18 +122,7 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await open_pool(database_url, settings)
-        writer = GroupCommitWriter(
-            pool,
-            flush_max_readings=settings.flush_max_readings,
-            flush_interval_ms=settings.flush_interval_ms,
-            concurrency=settings.writer_concurrency,
-            max_pending_readings=settings.max_pending_readings,
-            max_pending_requests=settings.max_pending_requests,
-            max_queue_delay_ms=settings.max_queue_delay_ms,
-            copy_threshold=settings.copy_threshold_readings,
-            max_interval_kw=settings.max_interval_kw,
-            observer=FlushMetrics(),
-        )
+        writer = GroupCommitWriter.from_settings(pool, settings, FlushMetrics())
         keys = KeyCache(workers=settings.workers)
         with contextlib.suppress(Exception):  # the database may be away at start; the poller catches up
             async with pool.connection(timeout=settings.db_timeout_s) as conn:

@@ -312,18 +312,7 @@ def _alone(reading: Reading) -> DecodedBatch:
 async def run_writer(settings: Settings, database_url: str, stop: asyncio.Event) -> None:
     """One writer process: its pool and group-commit writer, fed from the bus until `stop`."""
     pool = await open_pool(database_url, settings)
-    writer = GroupCommitWriter(
-        pool,
-        flush_max_readings=settings.flush_max_readings,
-        flush_interval_ms=settings.flush_interval_ms,
-        concurrency=settings.writer_concurrency,
-        max_pending_readings=settings.max_pending_readings,
-        max_pending_requests=settings.max_pending_requests,
-        max_queue_delay_ms=settings.max_queue_delay_ms,
-        copy_threshold=settings.copy_threshold_readings,
-        max_interval_kw=settings.max_interval_kw,
-        observer=FlushMetrics(),
-    )
+    writer = GroupCommitWriter.from_settings(pool, settings, FlushMetrics())
     writer.start()
     try:
         await BusWriter(settings, writer).run(stop)

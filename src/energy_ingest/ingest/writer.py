@@ -17,6 +17,7 @@ import msgspec
 import psycopg
 
 from energy_ingest import errors
+from energy_ingest.config import Settings
 from energy_ingest.db.partitions import PartitionKeeper, day_of
 from energy_ingest.db.pool import CONFLICT, DB_UNAVAILABLE, Conn, Pool
 from energy_ingest.devices.repository import DeviceKind, DeviceRegistry
@@ -155,6 +156,22 @@ class GroupCommitWriter:
         self._partitions = PartitionKeeper()
         self._prepared: weakref.WeakSet[Conn] = weakref.WeakSet()
         self._observer = observer
+
+    @classmethod
+    def from_settings(cls, pool: Pool, settings: Settings, observer: WriterObserver | None = None) -> GroupCommitWriter:
+        """The writer `serve` and `energy-ingest writer` run, sized by the settings."""
+        return cls(
+            pool,
+            flush_max_readings=settings.flush_max_readings,
+            flush_interval_ms=settings.flush_interval_ms,
+            concurrency=settings.writer_concurrency,
+            max_pending_readings=settings.max_pending_readings,
+            max_pending_requests=settings.max_pending_requests,
+            max_queue_delay_ms=settings.max_queue_delay_ms,
+            copy_threshold=settings.copy_threshold_readings,
+            max_interval_kw=settings.max_interval_kw,
+            observer=observer,
+        )
 
     @property
     def pending_readings(self) -> int:
