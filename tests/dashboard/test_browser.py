@@ -1,14 +1,16 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright, against a real `energy-ingest serve`
 filled by `energy-ingest simulate` with faulty chargers. It signs in, finds the worst vehicle first, reads a
 vehicle's chart numbers back from the page and compares them with the API, acknowledges an alert, finds a silent
-meter with the stale filter, and is refused without a key. It saves a screenshot of each page into
-docs/screenshots/ (the README shows them).
+meter with the stale filter, and is refused without a key. It takes a screenshot of each page; with
+SCREENSHOTS=docs/screenshots they replace the README's (otherwise they go to a temporary directory, so a test
+run leaves the checkout as it was).
 
 Playwright's own browser download is never used: the tests skip, saying so, where no chromium is installed
 (.ci/run installs it)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -34,7 +36,7 @@ ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = Path(os.environ["SCREENSHOTS"]) if os.environ.get("SCREENSHOTS") else None
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium; .ci/run does)")
 
@@ -102,9 +104,18 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
+_taken_to: list[Path] = []  # where this run's screenshots go
+
+
+@pytest.fixture(scope="module", autouse=True)
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _taken_to[:] = [SCREENSHOTS or tmp_path_factory.mktemp("screenshots")]
+
+
 def shot(page: Page, name: str, full: bool = False) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full)
+    (folder,) = _taken_to
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=full)
 
 
 def sign_in(page: Page, fleet: Fleet, key: str | None = None) -> None:
