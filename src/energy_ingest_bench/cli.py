@@ -197,6 +197,12 @@ def main(argv: list[str] | None = None) -> None:
         combined["ingest"] = ingest.run(args, command(args))
         combined["ocpp"] = combined["ingest"].pop("ocpp")
     path.write_text(json.dumps(combined, indent=2) + "\n")
+    write_results(combined, args.out)
+    print(f"written to {args.out / 'RESULTS.md'} and {path}", file=sys.stderr)
+
+
+def write_results(combined: dict[str, Any], out: Path) -> None:
+    """RESULTS.md from the results of every benchmark (results.json) and the sections others wrote."""
     parts = ["# Benchmark results", ""]
     if "ingest" in combined:
         parts.append(ingest.render(combined["ingest"]))
@@ -207,11 +213,10 @@ def main(argv: list[str] | None = None) -> None:
     if "bus" in combined:
         parts += bus_bench.render(combined["bus"])
     text = "\n".join(parts)
-    text = dashboard.keep_section(text, args.out)  # python -m energy_ingest_bench.dashboard writes it
-    text = alerts_bench.keep_section(text, args.out)  # python -m energy_ingest_bench.alerts writes it
-    (args.out / "RESULTS.md").write_text(text)
+    text = dashboard.keep_section(text, out)  # python -m energy_ingest_bench.dashboard writes it
+    text = alerts_bench.keep_section(text, out)  # python -m energy_ingest_bench.alerts writes it
+    (out / "RESULTS.md").write_text(text)
     print(text)
-    print(f"written to {args.out / 'RESULTS.md'} and {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
