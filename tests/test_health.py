@@ -68,6 +68,21 @@ def test_database_down_is_503_everywhere_and_heals_by_itself(
     assert api.get("/v1/vehicles/EV-X/live").status_code == 200
 
 
+def test_connections_broken_while_idle_are_replaced_before_use_so_nobody_sees_it(
+    proxied: tuple[TestClient[Any], PostgresProxy],
+) -> None:
+    api, proxy = proxied
+    assert api.post("/v1/ingest", json=[meter("M-R", T), vehicle("EV-R", T)]).status_code == 201
+    proxy.down()  # every pooled connection is cut (a database restart, a network blip) while nobody asks
+    proxy.up()
+    time.sleep(1.5)  # longer than CHECK_AFTER_IDLE_S: each is checked when next taken, and replaced
+    later = T.replace(minute=(T.minute + 1) % 60)
+    for _ in range(5):
+        assert api.post("/v1/ingest", json=[meter("M-R", later)]).status_code == 201
+        assert api.get("/v1/vehicles/EV-R/live").status_code == 200
+        assert api.get("/ready").status_code == 200
+
+
 def test_openapi_describes_every_endpoint_and_the_ingest_body(client: TestClient[Any]) -> None:
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
