@@ -108,16 +108,17 @@ async def stop(
     )
 
 
-async def record_soc(conn: Conn, session_id: int, soc: float, at: datetime) -> None:
-    """Keep the earliest and the latest SoC by measurement time, whatever order they arrive in."""
+async def record_soc(conn: Conn, charger_id: str, session_id: int, soc: float, at: datetime) -> None:
+    """Keep the earliest and the latest SoC by measurement time, whatever order they arrive in (of the
+    charger's own session only)."""
     await conn.execute(
         "UPDATE charging_sessions SET"
         " soc_first = CASE WHEN soc_first_at IS NULL OR %(at)s < soc_first_at THEN %(soc)s ELSE soc_first END,"
         " soc_first_at = CASE WHEN soc_first_at IS NULL OR %(at)s < soc_first_at THEN %(at)s ELSE soc_first_at END,"
         " soc_last = CASE WHEN soc_last_at IS NULL OR %(at)s >= soc_last_at THEN %(soc)s ELSE soc_last END,"
         " soc_last_at = CASE WHEN soc_last_at IS NULL OR %(at)s >= soc_last_at THEN %(at)s ELSE soc_last_at END"
-        " WHERE session_id = %(session)s",
-        {"soc": soc, "at": at, "session": session_id},
+        " WHERE session_id = %(session)s AND charger_id = %(charger)s",
+        {"soc": soc, "at": at, "session": session_id, "charger": charger_id},
     )
 
 

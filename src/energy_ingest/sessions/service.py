@@ -155,9 +155,7 @@ async def close_open(pool: Pool, charger_id: str, at: datetime) -> int:
 
 async def record_soc(pool: Pool, charger_id: str, session_id: int, soc: float, at: datetime) -> None:
     async with pool.connection() as conn:
-        row = await repo.by_id(conn, session_id)
-        if row is not None and row.charger_id == charger_id:
-            await repo.record_soc(conn, session_id, soc, at)
+        await repo.record_soc(conn, charger_id, session_id, soc, at)
 
 
 async def find(pool: Pool, charger_id: str, session_id: int) -> SessionRow | None:
