@@ -47,7 +47,8 @@ CONFLICTS = Counter(
 )
 MQTT_MESSAGES = Counter(
     "energy_ingest_mqtt_messages",
-    "MQTT messages taken, by outcome: stored, rejected (answered on the errors topic), ignored (no reading), failed",
+    "MQTT messages taken, by outcome: stored, rejected (answered on the errors topic), ignored (no reading), "
+    "failed, dropped (QoS 0 while too many wait)",
     ["outcome"],
 )
 MQTT_CONNECTED = Gauge(

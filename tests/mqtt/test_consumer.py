@@ -17,6 +17,7 @@ import pytest
 from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
+from energy_ingest.mqtt import consumer
 from tests.conftest import api, make_settings
 from tests.mqtt.broker import Mosquitto, answers, device, publish, reading_payload
 from tests.support import hour_ago, iso, meter, vehicle
@@ -255,3 +256,26 @@ def test_a_burst_taken_together_fails_only_its_bad_messages(
     assert sorted(rows) == sorted((f"MTR-B{i}", i / 8) for i in range(300))
     assert len(_rows(db, "meter", "MTR-REG", 1)) == 1 and _messages(service, "stored") == stored + len(good)
     assert _messages(service, "rejected") == rejected + len(bad)
+
+
+def test_qos0_messages_past_the_bound_are_dropped_while_the_writer_is_held_and_counted(
+    broker: Mosquitto, tiny_writer: TestClient[Any], database_url: str, db: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # QoS 1 waits at the broker (Receive Maximum); QoS 0 would pile up in memory without a bound.
+    monkeypatch.setattr(consumer, "QOS0_HELD", 50)
+    asyncio.run(publish(broker.url, [(f"{P}/meters/MTR-Q0", reading_payload(meter("MTR-Q0", T)))]))
+    _rows(db, "meter", "MTR-Q0", 1)
+    dropped = _messages(tiny_writer, "dropped")
+    sent = [T + timedelta(seconds=s) for s in range(1, 401)]
+    with psycopg.connect(database_url) as locker:
+        locker.execute("LOCK TABLE meter_live_status IN ACCESS EXCLUSIVE MODE")  # the writer is held up
+        messages = [(f"{P}/meters/MTR-Q0", reading_payload(meter("MTR-Q0", ts))) for ts in sent]
+        asyncio.run(publish(broker.url, messages, qos=0))
+        deadline = time.monotonic() + 30
+        while _messages(tiny_writer, "dropped") < dropped + len(sent) - 150:  # all but the bound and a few
+            assert time.monotonic() < deadline, _messages(tiny_writer, "dropped") - dropped
+            time.sleep(0.05)
+        locker.rollback()
+    gone = int(_messages(tiny_writer, "dropped") - dropped)
+    stored = _rows(db, "meter", "MTR-Q0", 1 + len(sent) - gone)
+    assert len(stored) == 1 + len(sent) - gone and gone <= len(sent) - 50  # the bound's worth went in

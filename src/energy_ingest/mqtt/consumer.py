@@ -65,6 +65,7 @@ from energy_ingest.readings.decode import DecodedBatch, Rules, decode_json
 log = logging.getLogger("energy_ingest.mqtt")
 
 IN_FLIGHT = 1_000
+QOS0_HELD = 10_000  # received messages waiting, past which QoS 0 ones are dropped (memory stays bounded)
 SESSION_EXPIRY_S = 7 * 24 * 3600  # a worker away longer than this loses what the broker kept for it
 KEEPALIVE_S = 30
 RECONNECT_S = (0.5, 10.0)  # first and longest pause between connection attempts
@@ -123,6 +124,7 @@ class Consumer:
         self._room = asyncio.Event()  # clear while the writer is full: take no new message
         self._room.set()
         self._full_since = -math.inf  # when the writer was last found full (for the log)
+        self._dropped_said = -math.inf  # when dropping QoS 0 messages was last logged
         self._slot: int | None = None
         self._inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the connection's received messages
 
@@ -203,7 +205,22 @@ class Consumer:
                 super().__init__(maxsize)
                 consumer._inbox = self
 
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                # QoS 1 is bounded by the Receive Maximum; QoS 0 is not, so while the writer is held up
+                # its messages are kept only up to a bound, and the rest dropped, counted: best effort.
+                if item.qos == 0 and self.qsize() >= QOS0_HELD:
+                    consumer._dropped()
+                    return
+                super().put_nowait(item)
+
         return Inbox
+
+    def _dropped(self) -> None:
+        MQTT_MESSAGES.labels("dropped").inc()
+        now = time.monotonic()
+        if now - self._dropped_said >= FULL_LOG_EVERY_S:
+            self._dropped_said = now
+            log.warning("mqtt: %d messages wait already; QoS 0 messages are dropped until they go in", QOS0_HELD)
 
     async def _session(self, client_id: str) -> None:
         async with self._client(client_id) as client:
