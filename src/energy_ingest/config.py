@@ -77,6 +77,7 @@ class Settings:
     webhook_deliveries: bool = True  # this process sends due deliveries (off: leave them to other processes)
     # who may come in
     auth: bool = True
+    session_secret: str = ""  # signs dashboard cookies (32+ characters); empty: DATA_DIR/session-secret
     allowed_hosts: str = ""  # comma-separated Host names; empty: the bind address and localhost
     # embedded server: the unprivileged user it runs as when started by root
     embedded_user: str = "nobody"
@@ -203,6 +204,11 @@ class Settings:
                 "INFLIGHT_BODY_BYTES must be >= BODY_LIMIT_BYTES",
             ),
             (self.max_connections >= 1, "MAX_CONNECTIONS must be >= 1"),
+            (
+                not self.session_secret or len(self.session_secret.strip()) >= 32,
+                "SESSION_SECRET must be at least 32 characters (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`), or unset to use DATA_DIR/session-secret",
+            ),
             (self.header_timeout_s > 0, "HEADER_TIMEOUT_S must be > 0"),
             (self.body_timeout_s > 0, "BODY_TIMEOUT_S must be > 0"),
             (self.keep_alive_timeout_s > 0, "KEEP_ALIVE_TIMEOUT_S must be > 0"),

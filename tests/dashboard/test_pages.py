@@ -15,9 +15,11 @@ import pytest
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient
 
+from energy_ingest.app import create_app
+from energy_ingest.config import Settings
 from energy_ingest.dashboard.session import COOKIE
 from energy_ingest.http.front import FrontDoor
-from tests.conftest import KEYS
+from tests.conftest import KEYS, make_settings
 from tests.dashboard.conftest import bearer, fill, new_key, sign_in
 
 DB = psycopg.Connection[tuple[Any, ...]]
@@ -298,3 +300,30 @@ def test_acknowledging_an_alert_needs_admin_and_the_form_token(fresh: TestClient
     assert f"Alert #{alert_id} acknowledged" in page and "by on call" in page
     again = fresh.post(f"/ui/alerts/{alert_id}/ack", data={"csrf": token.group(1)}, follow_redirects=False)
     assert again.status_code == 409
+
+
+def test_servers_sharing_session_secret_accept_each_others_sign_ins(
+    database_url: str, db: DB, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    shared = "a-session-secret-every-server-behind-the-address-has"
+
+    def server(**settings: Any) -> FrontDoor:
+        data_dir = tmp_path_factory.mktemp("own-data-dir")  # each its own DATA_DIR, as on separate hosts
+        return create_app(make_settings(database_url, workers=1, data_dir=data_dir, **settings), database_url)
+
+    with (
+        TestClient(server(session_secret=shared)) as one,
+        TestClient(server(session_secret=shared)) as two,
+        TestClient(server()) as other,
+    ):
+        sign_in(one, KEYS["admin"])
+        cookie = one.cookies[COOKIE]
+        two.cookies[COOKIE] = other.cookies[COOKIE] = cookie
+        assert two.get("/ui/", follow_redirects=False).status_code == 200
+        refused = other.get("/ui/", follow_redirects=False)
+        assert refused.status_code in (302, 303) and refused.headers["location"].startswith("/ui/login")
+
+
+def test_a_short_session_secret_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="SESSION_SECRET must be at least 32 characters"):
+        Settings(database_url="postgresql://unused", session_secret="too-short").validated()

@@ -106,7 +106,9 @@ def _sessions(connection: ASGIConnection[Any, Any, Any, Any]) -> Sessions:
     state = connection.app.state
     sessions: Sessions | None = state.get("dashboard_sessions")
     if sessions is None:
-        sessions = state["dashboard_sessions"] = Sessions(load_secret(_services(connection).settings.data_dir))
+        settings = _services(connection).settings
+        secret = settings.session_secret.strip().encode() or load_secret(settings.data_dir)
+        sessions = state["dashboard_sessions"] = Sessions(secret)
     return sessions
 
 

@@ -1,7 +1,8 @@
 """Dashboard sessions: a signed cookie that names the key (by prefix, never its secret) and when it expires.
 
 The cookie is `v1.<prefix>.<expires>.<nonce>.<mac>`, the mac an HMAC-SHA256 under this service's session secret
-(`DATA_DIR/session-secret`, made on first use, owner-only; copy it to every host that serves the same users).
+(`SESSION_SECRET`, or else `DATA_DIR/session-secret`, made on first use, owner-only; every host that serves
+the same users needs the same one).
 A request's session is good while the mac checks, it has not expired, and the key is still held and not
 revoked by this worker's key cache: revoking the key ends its sessions within the cache's poll. The nonce
 makes each sign-in's cookie, and the CSRF token derived from it, unique.
