@@ -9,6 +9,7 @@ import json
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from energy_ingest.ocpp.central import SEEN_EVERY_S
 from tests.ocpp.station import Operator, open_socket, station
 from tests.server import Server
 
@@ -63,6 +64,25 @@ def test_a_removed_charge_point_can_no_longer_connect(central: Server) -> None:
                 assert (await cp.boot()).status == "Accepted"
             await op.ok("DELETE", "/v1/chargers/CP-GONE", 204)
         assert (await _refusal(central, "CP-GONE", password)).response.status_code == 401
+
+    asyncio.run(scenario())
+
+
+def test_a_charge_point_removed_while_connected_is_closed_within_30_s_and_stores_nothing_more(
+    central: Server,
+) -> None:
+    async def scenario() -> None:
+        async with Operator(central) as op:
+            password = await op.register("CP-REMOVED")
+            async with station(central, "CP-REMOVED", password) as cp:
+                assert (await cp.boot()).status == "Accepted"  # its lastSeenAt is written now
+                await op.ok("DELETE", "/v1/chargers/CP-REMOVED", 204)
+                await asyncio.sleep(SEEN_EVERY_S + 1)
+                sample = {"value": "1500", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}
+                values = [{"timestamp": "2026-11-27T00:00:00Z", "sampledValue": [sample]}]
+                frame = json.dumps([2, "mv-1", "MeterValues", {"connectorId": 1, "meterValue": values}])
+                assert await cp.closed_by(frame) == 1008
+            await op.ok("GET", "/v1/meters/CP-REMOVED-1/live", 404)  # the reading was not stored
 
     asyncio.run(scenario())
 

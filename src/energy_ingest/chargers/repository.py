@@ -103,10 +103,12 @@ async def record_boot(
     )
 
 
-async def record_seen(conn: Conn, charger_id: str, at: datetime) -> None:
-    await conn.execute(
+async def record_seen(conn: Conn, charger_id: str, at: datetime) -> bool:
+    """Whether the charger is (still) registered."""
+    cur = await conn.execute(
         "UPDATE chargers SET last_seen_at = greatest(last_seen_at, %s) WHERE charger_id = %s", [at, charger_id]
     )
+    return cur.rowcount > 0
 
 
 async def connectors(conn: Conn, charger_id: str) -> list[ConnectorRow]:

@@ -188,9 +188,10 @@ async def record_boot(
         await repo.record_boot(conn, charger_id, at, vendor, model, serial, firmware)
 
 
-async def record_seen(pool: Pool, charger_id: str, at: datetime) -> None:
+async def record_seen(pool: Pool, charger_id: str, at: datetime) -> bool:
+    """Note that the charger talks; whether it is still registered (it may have been removed while connected)."""
     async with pool.connection() as conn:
-        await repo.record_seen(conn, charger_id, at)
+        return await repo.record_seen(conn, charger_id, at)
 
 
 async def record_status(

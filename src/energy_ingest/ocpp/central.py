@@ -137,7 +137,10 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
             return
         if message.message_type_id != MessageType.Call:
             return  # this central system sends no CALLs, so it awaits no answers
-        await self._seen()
+        if not await self._seen():
+            log.info("%s: closing: the charge point is no longer registered", self.id)
+            await self._connection.close(1008, "this charge point is no longer registered")
+            return
         action = str(message.action)
         self._failure = None
         try:
@@ -168,10 +171,13 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         error = exc if isinstance(exc, ocpp_errors.OCPPError) else ocpp_errors.FormatViolationError()
         await self._send(_call_error(unique_id, error))
 
-    async def _seen(self) -> None:
+    async def _seen(self) -> bool:
+        """Write `lastSeenAt` every SEEN_EVERY_S; False once the charger is found removed (its connection,
+        opened while it was registered, is then closed: within SEEN_EVERY_S of the removal)."""
         if time.monotonic() - self._seen_written >= SEEN_EVERY_S:
             self._seen_written = time.monotonic()
-            await chargers.record_seen(self._pool, self.id, _now())
+            return await chargers.record_seen(self._pool, self.id, _now())
+        return True
 
     # what is stored
 
