@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 
 from energy_ingest.app import create_app
 from energy_ingest.config import Settings
+from energy_ingest.dashboard import views
 from energy_ingest.dashboard.session import COOKIE
 from energy_ingest.http.front import FrontDoor
 from tests.conftest import KEYS, make_settings
@@ -327,3 +328,19 @@ def test_servers_sharing_session_secret_accept_each_others_sign_ins(
 def test_a_short_session_secret_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="SESSION_SECRET must be at least 32 characters"):
         Settings(database_url="postgresql://unused", session_secret="too-short").validated()
+
+
+def test_a_report_not_ready_in_time_gets_a_page_that_says_so_and_reloads_itself(
+    fresh: TestClient[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(fresh, datetime.now(UTC))
+    sign_in(fresh, new_key(fresh, "patient", ["read"]))
+    monkeypatch.setattr(views, "WAIT_S", 0.0)  # as if the 7-day report took longer than a page waits
+    waiting = fresh.get("/ui/?window=7d")
+    assert waiting.status_code == 200
+    assert f'<meta http-equiv="refresh" content="{views.REFRESH_S}">' in waiting.text
+    assert "is being computed" in waiting.text and "EV-2" not in waiting.text
+    monkeypatch.setattr(views, "WAIT_S", 5.0)
+    ready = fresh.get("/ui/?window=7d")  # the reload
+    assert ready.status_code == 200 and "is being computed" not in ready.text
+    assert re.findall(r'<a href="/ui/vehicles/(EV-\d)\?', ready.text) == ["EV-2", "EV-3", "EV-1"]

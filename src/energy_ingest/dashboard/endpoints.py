@@ -247,10 +247,15 @@ def _computer(services: Services) -> views.Compute:
 
 
 async def _snapshot(
-    request: Request[Any, Any, Any], services: Services, span: views.Span, counts: live.Counts | None = None
+    request: Request[Any, Any, Any],
+    services: Services,
+    span: views.Span,
+    counts: live.Counts | None = None,
+    wait_s: float | None = None,
 ) -> views.Snapshot:
     counts = counts or await live.counts(services.read_pool, SILENT_AFTER)
-    return await _fleet(request.app.state).get(span, _computer(services), counts.meters + counts.vehicles)
+    devices = counts.meters + counts.vehicles
+    return await _fleet(request.app.state).get(span, _computer(services), devices, wait_s)
 
 
 async def _trends(services: Services, snapshot: views.Snapshot, ids: list[str]) -> dict[str, overview.Trend]:
@@ -311,7 +316,19 @@ async def fleet_page(
 ) -> Template:
     span = views.span(window, from_, to, datetime.now(UTC))
     counts = await live.counts(services.read_pool, SILENT_AFTER)
-    snapshot = await _snapshot(request, services, span, counts)
+    try:
+        snapshot = await _snapshot(request, services, span, counts, wait_s=views.WAIT_S)
+    except views.StillComputing as busy:
+        return _page(
+            request,
+            "computing.html.j2",
+            section="fleet",
+            span=span,
+            presets=list(views.PRESETS),
+            since_s=busy.since_s,
+            refresh_s=views.REFRESH_S,
+            vehicles=counts.vehicles,
+        )
     report = snapshot.report
     status = status if status in views.STATUSES else None
     query = (q or "").strip()[:64] or None

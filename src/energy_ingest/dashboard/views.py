@@ -94,6 +94,10 @@ CHEAP_MS = 100.0  # a report computed faster than this is computed again for eve
 IDLE_S = 300.0
 IN_USE_S = 600.0
 CUSTOM_KEPT = 4
+# A page waits this long for a report being computed; then it says so and reloads itself every REFRESH_S,
+# rather than hold the browser (and any proxy in between) for the half minute a wide window can take.
+WAIT_S = 5.0
+REFRESH_S = 3
 TRENDS_KEPT = 64  # pages of sparklines kept with each report
 
 
@@ -117,12 +121,21 @@ class Snapshot:
             self.trends.popitem(last=False)
 
 
+class StillComputing(Exception):
+    """The window's report is being computed and was not ready within WAIT_S."""
+
+    def __init__(self, since_s: float) -> None:
+        super().__init__(f"the fleet report has been computing for {since_s:.0f} s")
+        self.since_s = since_s
+
+
 class FleetSnapshots:
     """One worker's kept fleet reports, by window preset (and a few custom windows)."""
 
     def __init__(self) -> None:
         self._kept: OrderedDict[tuple[str, datetime | None, datetime | None], Snapshot] = OrderedDict()
         self._pending: dict[tuple[str, datetime | None, datetime | None], asyncio.Task[Snapshot]] = {}
+        self._started: dict[tuple[str, datetime | None, datetime | None], float] = {}  # monotonic
         self.viewed = -math.inf  # when a page last asked (monotonic)
 
     def in_use(self) -> bool:
@@ -136,8 +149,9 @@ class FleetSnapshots:
             self._pending[window.key] = task
         return await asyncio.shield(task)
 
-    async def get(self, window: Span, compute: Compute, devices: int) -> Snapshot:
-        """The window's report: the kept one while fresh enough and no device has appeared since, else a new one."""
+    async def get(self, window: Span, compute: Compute, devices: int, wait_s: float | None = None) -> Snapshot:
+        """The window's report: the kept one while fresh enough and no device has appeared since, else a new one.
+        With `wait_s`, a new one not ready within it raises StillComputing (its computation goes on)."""
         self.viewed = time.monotonic()
         key = window.key
         kept = self._kept.get(key)
@@ -150,9 +164,13 @@ class FleetSnapshots:
         if task is None:
             task = asyncio.create_task(self._compute(key, window, compute))
             self._pending[key] = task
+            self._started[key] = time.monotonic()
         if kept is not None and age is not None and age <= STALE_S:
             return kept  # the new one is on its way; this one is at most a few minutes old
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), wait_s)
+        except TimeoutError:
+            raise StillComputing(time.monotonic() - self._started.get(key, time.monotonic())) from None
 
     async def _compute(
         self,
@@ -172,6 +190,7 @@ class FleetSnapshots:
             return snapshot
         finally:
             self._pending.pop(key, None)
+            self._started.pop(key, None)
 
 
 def select(
