@@ -466,9 +466,9 @@ def render(result: dict[str, Any]) -> list[str]:
             f" {WARM_UP_S:.0f} s after the start."
             " *First view*: from the first request of that page until it shows its report (the 24 h report is kept"
             " warm from the start; a 7 or 30 day report is computed, then kept, while the page waits up to 5 s and then"
-            " reloads itself every 3 s, as the reloads are followed here); *later views*: the kept report (recomputed in the"
-            " background once a minute while someone looks); *report*: how long computing the whole fleet report"
-            " took. Bytes: the HTML, uncompressed; the stylesheet and script add"
+            " reloads itself every 3 s, as the reloads are followed here); *later views*: the kept report"
+            " (recomputed in the background once a minute while someone looks); *report*: how long computing the"
+            " whole fleet report took. Bytes: the HTML, uncompressed; the stylesheet and script add"
             f" {f['asset_bytes'] / 1024:.1f} kB on a first visit, then come from the browser's cache for a year.",
             "",
             "| page | first view | later views p50 | later views max | HTML | report |",
