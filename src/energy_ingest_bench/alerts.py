@@ -295,8 +295,9 @@ def render(result: dict[str, Any]) -> list[str]:
         ),
         "",
         f"Target under {TARGET_S:g} s a round at 10,000 vehicles: {met} (worst {worst * 1000:,.0f} ms). The machine"
-        f" ({result['machine'].split(',')[0]}) was shared with other work: 1-minute load average"
-        f" {result['load_average'][0]:g} when the rounds began, {result['load_average'][-1]:g} when they ended. The"
+        f" ({result['machine'].split(',')[0]}) had a 1-minute load average of"
+        f" {result['load_average'][0]:g} when the rounds began and {result['load_average'][-1]:g} when they ended"
+        " (the benchmark's own work included). The"
         f" low_efficiency statement reads {', '.join(f'`{r}`' for r in result['low_efficiency_reads'])}"
         " (its plan): rollups, links and the device registries, no raw reading.",
         END,
