@@ -172,8 +172,8 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         await self._send(_call_error(unique_id, error))
 
     async def _seen(self) -> bool:
-        """Write `lastSeenAt` every SEEN_EVERY_S; False once the charger is found removed (its connection,
-        opened while it was registered, is then closed: within SEEN_EVERY_S of the removal)."""
+        """Write `lastSeenAt` every SEEN_EVERY_S; False once the charger is found removed, so that its connection,
+        opened while it was registered, stores nothing sent more than SEEN_EVERY_S after the removal."""
         if time.monotonic() - self._seen_written >= SEEN_EVERY_S:
             self._seen_written = time.monotonic()
             return await chargers.record_seen(self._pool, self.id, _now())
