@@ -35,9 +35,10 @@ from energy_ingest.analytics.repository import STANDING
 from energy_ingest.config import Settings
 from energy_ingest.db.partitions import PartitionKeeper
 from energy_ingest.db.pool import open_pool
+from energy_ingest_bench import sections
 from energy_ingest_bench.harness import FreshDatabase
 
-BEGIN, END = "<!-- alerts:begin -->", "<!-- alerts:end -->"
+BEGIN, END = sections.markers("alerts")
 TARGET_S = 1.0
 
 SEED = [
@@ -305,25 +306,11 @@ def render(result: dict[str, Any]) -> list[str]:
 
 
 def write(result: dict[str, Any], out: Path) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "alerts.json").write_text(json.dumps(result, indent=2) + "\n")
-    section = "\n".join(render(result))
-    results = out / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results.write_text(text)
-    return section
+    return sections.write("alerts", render, result, out)
 
 
 def keep_section(text: str, out: Path) -> str:
-    """RESULTS.md as `energy-ingest-bench` writes it, with this benchmark's section of its last run kept."""
-    saved = out / "alerts.json"
-    if not saved.exists() or BEGIN in text:
-        return text
-    return text.rstrip("\n") + "\n\n" + "\n".join(render(json.loads(saved.read_text()))) + "\n"
+    return sections.keep("alerts", render, text, out)
 
 
 def main(argv: list[str] | None = None) -> None:

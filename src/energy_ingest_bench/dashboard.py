@@ -42,6 +42,7 @@ import psycopg
 
 from energy_ingest.dashboard import charts
 from energy_ingest.db.partitions import PartitionKeeper
+from energy_ingest_bench import sections
 from energy_ingest_bench.harness import FreshDatabase, Server, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -54,7 +55,7 @@ ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-BEGIN, END = "<!-- dashboard:begin -->", "<!-- dashboard:end -->"
+BEGIN, END = sections.markers("dashboard")
 WARM_UP_S = 30.0
 
 
@@ -494,17 +495,7 @@ def render(result: dict[str, Any]) -> list[str]:
 
 
 def write(result: dict[str, Any], out: Path) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dashboard.json").write_text(json.dumps(result, indent=2) + "\n")
-    section = "\n".join(render(result))
-    results = out / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results.write_text(text)
-    return section
+    return sections.write("dashboard", render, result, out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -539,8 +530,4 @@ if __name__ == "__main__":
 
 
 def keep_section(text: str, out: Path) -> str:
-    """RESULTS.md as `energy-ingest-bench` writes it, with the dashboard's section of the last run kept."""
-    saved = out / "dashboard.json"
-    if not saved.exists() or BEGIN in text:
-        return text
-    return text.rstrip("\n") + "\n\n" + "\n".join(render(json.loads(saved.read_text()))) + "\n"
+    return sections.keep("dashboard", render, text, out)
