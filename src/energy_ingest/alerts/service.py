@@ -8,8 +8,6 @@ is a new alert.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from energy_ingest import cursors
 from energy_ingest.alerts import repository as repo
 from energy_ingest.alerts.repository import AlertRow, Key, SettingsRow
 from energy_ingest.config import Settings, parse_duration
@@ -233,29 +232,6 @@ async def get(pool: Pool, alert_id: int) -> Alert:
     return view(row)
 
 
-def _cursor(row: AlertRow) -> str:
-    return base64.urlsafe_b64encode(f"{row.raised_at.isoformat()}|{row.alert_id}".encode()).decode().rstrip("=")
-
-
-def _parse_cursor(cursor: str | None) -> tuple[datetime, int] | None:
-    if cursor is None:
-        return None
-    try:
-        if len(cursor) > 100:
-            raise ValueError(cursor)
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, _, number = text.partition("|")
-        at = datetime.fromisoformat(stamp)
-        if at.tzinfo is None or not number.isdigit() or len(number) > 18:
-            raise ValueError(cursor)
-        return at, int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput(
-            "`cursor` must be the `nextCursor` of a previous page",
-            errors=[{"field": "cursor", "reason": "not a cursor given out by this service"}],
-        ) from None
-
-
 async def page(
     pool: Pool,
     *,
@@ -283,12 +259,13 @@ async def page(
             device_id=device_id,
             start=start,
             end=end,
-            before=_parse_cursor(cursor),
+            before=cursors.parse(cursor),
             limit=limit + 1,
         )
     more = len(rows) > limit
     rows = rows[:limit]
-    return AlertPage(alerts=[view(r) for r in rows], next_cursor=_cursor(rows[-1]) if more else None)
+    next_cursor = cursors.encode(rows[-1].raised_at, rows[-1].alert_id) if more else None
+    return AlertPage(alerts=[view(r) for r in rows], next_cursor=next_cursor)
 
 
 def open_alerts_link(device_kind: DeviceKind, device_id: str) -> str:

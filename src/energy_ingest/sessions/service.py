@@ -12,14 +12,13 @@ the real StopTransaction, the real stop replaces the inferred one (a stop only e
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import msgspec
 
+from energy_ingest import cursors
 from energy_ingest.analytics import service as analytics
 from energy_ingest.db.pool import Conn, Pool
 from energy_ingest.errors import Conflict, InvalidInput, NotFound
@@ -174,27 +173,6 @@ async def open_session_ids(pool: Pool, charger_id: str) -> dict[int, int]:
 # reading
 
 
-def _cursor(row: SessionRow) -> str:
-    return base64.urlsafe_b64encode(f"{row.started_at.isoformat()}|{row.session_id}".encode()).decode().rstrip("=")
-
-
-def parse_cursor(cursor: str | None) -> tuple[datetime, int] | None:
-    if cursor is None:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, _, number = text.partition("|")
-        at = datetime.fromisoformat(stamp)
-        if at.tzinfo is None or not number.isdigit() or len(cursor) > 100:
-            raise ValueError(cursor)
-        return at, int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput(
-            "`cursor` must be the `nextCursor` of a previous page",
-            errors=[{"field": "cursor", "reason": "not a cursor given out by this service"}],
-        ) from None
-
-
 async def _views(conn: Conn, rows: list[SessionRow], now: datetime, raw_retention_days: int) -> list[Session]:
     spans = [
         (row.meter_id, row.vehicle_id, row.started_at + LINK_OFFSET, (row.stopped_at or now) + LINK_OFFSET)
@@ -255,7 +233,7 @@ async def page(
 ) -> SessionPage:
     if start is not None and end is not None and start >= end:
         raise InvalidInput("`from` must be before `to`", errors=[{"field": "from", "reason": "not before `to`"}])
-    before = parse_cursor(cursor)
+    before = cursors.parse(cursor)
     async with pool.connection() as conn:
         rows = await repo.page(
             conn, vehicle_id=vehicle_id, charger_id=charger_id, start=start, end=end, before=before, limit=limit + 1
@@ -263,7 +241,8 @@ async def page(
         more = len(rows) > limit
         rows = rows[:limit]
         views = await _views(conn, rows, datetime.now(UTC), raw_retention_days)
-    return SessionPage(sessions=views, next_cursor=_cursor(rows[-1]) if more else None)
+    next_cursor = cursors.encode(rows[-1].started_at, rows[-1].session_id) if more else None
+    return SessionPage(sessions=views, next_cursor=next_cursor)
 
 
 # For the session_without_dc alert rule, which judges each session once, in the order of their ids.
