@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from energy_ingest import __version__
+from energy_ingest import __version__, memory
 from energy_ingest.alerts.endpoints import (
     acknowledge_alert,
     evaluate_alerts,
@@ -116,8 +116,9 @@ async def _sample_queue(writer: GroupCommitWriter) -> None:
         await asyncio.sleep(0.5)
 
 
-def create_app(settings: Settings, database_url: str) -> FrontDoor:
-    """The service, talking to `database_url` (migrations must already be applied)."""
+def create_app(settings: Settings, database_url: str, *, worker: bool = False) -> FrontDoor:
+    """The service, talking to `database_url` (migrations must already be applied). `worker`: the app is
+    its process's only one, which it runs until it stops (memory.py); tests start many in one process."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -162,6 +163,8 @@ def create_app(settings: Settings, database_url: str) -> FrontDoor:
             consumer = MqttConsumer(settings, services.ingest, services.rules)
             services.mqtt_down = consumer.down
             mqtt = asyncio.create_task(consumer.run(), name="mqtt-consumer")
+        if worker:
+            memory.settle()  # after start-up: what exists now lives as long as the worker
         if not settings.auth:
             log.warning("AUTHENTICATION IS OFF: anyone who reaches %s can write and read everything", settings.host)
         try:
@@ -273,4 +276,4 @@ def create_app_from_env() -> FrontDoor:
     settings = Settings.from_env()
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL must be set for a worker (energy-ingest serve sets it)")
-    return create_app(settings, settings.database_url)
+    return create_app(settings, settings.database_url, worker=True)
