@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -40,14 +42,48 @@ def free_port() -> int:
         return port
 
 
+# With TLS: the listener's certificate, signed by a CA of the test's own (files made by `certificates`).
+# Started as root, mosquitto would become user mosquitto before reading them from the test's private
+# directory; it stays the user that started it.
+TLS = """\
+user {user}
+cafile {dir}/ca.pem
+certfile {dir}/broker.pem
+keyfile {dir}/broker.key
+"""
+
+
+def certificates(directory: Path) -> Path:
+    """A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command; the CA's path."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is not installed")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=energy-ingest test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    run("req", *key, "-keyout", "broker.key", "-out", "broker.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "broker.ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+    )
+    run("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "broker.pem", "-days", "2", "-extfile", "broker.ext")  # fmt: skip
+    return directory / "ca.pem"
+
+
 class Mosquitto:
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, *, tls: bool = False) -> None:
         if MOSQUITTO is None:
             raise RuntimeError("mosquitto is not installed")
         self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.ca = certificates(work_dir) if tls else None
+        self.url = f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{self.port}"
         self._config = work_dir / "mosquitto.conf"
-        self._config.write_text(CONFIG.format(port=self.port))
+        tls_config = TLS.format(dir=work_dir, user=getpass.getuser()) if tls else ""
+        self._config.write_text(CONFIG.format(port=self.port) + tls_config)
         self.log = work_dir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -79,18 +115,20 @@ def reading_payload(reading: dict[str, Any], *drop: str) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def device(url: str, *, listen: str | None = None) -> AsyncIterator[aiomqtt.Client]:
-    """A device's connection (MQTT 5); with `listen`, subscribed to that filter before anything is sent."""
+async def device(url: str, *, listen: str | None = None, ca: Path | None = None) -> AsyncIterator[aiomqtt.Client]:
+    """A device's connection (MQTT 5); with `listen`, subscribed to that filter before anything is sent;
+    over TLS (mqtts://) trusting `ca`."""
     port = int(url.rsplit(":", 1)[1])
-    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+    tls = ssl.create_default_context(cafile=ca) if url.startswith("mqtts:") else None
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5, tls_context=tls) as client:
         if listen is not None:
             await client.subscribe(listen, qos=1)
         yield client
 
 
-async def publish(url: str, messages: Iterable[tuple[str, bytes]], qos: int = 1) -> None:
+async def publish(url: str, messages: Iterable[tuple[str, bytes]], qos: int = 1, ca: Path | None = None) -> None:
     """Each message once, with `qos` (QoS 1 returns after the broker's PUBACK)."""
-    async with device(url) as client:
+    async with device(url, ca=ca) as client:
         for topic, payload in messages:
             await client.publish(topic, payload, qos=qos)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,21 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
     server = Mosquitto(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto of the test's own that speaks only TLS, its certificate signed by a CA made for the test."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto; .ci/run installs it)")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (apt-get install openssl): it makes the test's certificates")
+    server = Mosquitto(tmp_path, tls=True)
     server.start()
     try:
         yield server

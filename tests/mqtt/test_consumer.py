@@ -279,3 +279,55 @@ def test_qos0_messages_past_the_bound_are_dropped_while_the_writer_is_held_and_c
     gone = int(_messages(tiny_writer, "dropped") - dropped)
     stored = _rows(db, "meter", "MTR-Q0", 1 + len(sent) - gone)
     assert len(stored) == 1 + len(sent) - gone and gone <= len(sent) - 50  # the bound's worth went in
+
+
+def test_acknowledged_messages_are_not_sent_again_after_a_restart(
+    broker: Mosquitto, database_url: str, db: Conn, tmp_path: Path
+) -> None:
+    # The consumer's PUBACKs go out many in one write; the broker must have taken each of them, or it
+    # would send the messages again to the same session when the service comes back.
+    messages = [
+        (f"{P}/meters/MTR-ACK", reading_payload(meter("MTR-ACK", T + timedelta(seconds=s)))) for s in range(500)
+    ]
+
+    async def burst() -> None:
+        async with device(broker.url) as client:
+            await asyncio.gather(*(client.publish(topic, payload, qos=1) for topic, payload in messages))
+
+    data_dir = tmp_path / "data"
+    for service in _service(broker, database_url, data_dir):
+        stored = _messages(service, "stored")
+        asyncio.run(burst())
+        _rows(db, "meter", "MTR-ACK", len(messages))
+        deadline = time.monotonic() + 30
+        while _messages(service, "stored") < stored + len(messages):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    for service in _service(broker, database_url, data_dir):  # the same client id: the same session
+        time.sleep(2)  # what the broker still held would have come right after the connection
+        assert _messages(service, "stored") == stored + len(messages)
+    assert len(_rows(db, "meter", "MTR-ACK", len(messages))) == len(messages)
+
+
+def test_over_tls_a_burst_is_stored_and_a_bad_message_answered(
+    tls_broker: Mosquitto, database_url: str, db: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mqtts:// checks the broker against the system's CAs; SSL_CERT_FILE names the one this broker's is from.
+    assert tls_broker.ca is not None and tls_broker.url.startswith("mqtts://")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_broker.ca))
+    good = [
+        (f"{P}/meters/MTR-TLS{i % 7}", reading_payload(meter(f"MTR-TLS{i % 7}", T + timedelta(seconds=i))))
+        for i in range(350)
+    ]
+    bad = (f"{P}/meters/MTR-TLS0", b'{"timestamp": "yesterday"}')
+
+    async def scenario() -> list[tuple[str, dict[str, Any]]]:
+        async with device(tls_broker.url, listen=f"{P}/errors/#", ca=tls_broker.ca) as client:
+            await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in [*good[:200], bad, *good[200:]]))
+            return await answers(client, 1)
+
+    for _ in _service(tls_broker, database_url, tmp_path / "data"):
+        ((topic, problem),) = asyncio.run(scenario())
+        assert topic == f"{P}/errors/MTR-TLS0" and problem["status"] == 400
+        for i in range(7):
+            assert len(_rows(db, "meter", f"MTR-TLS{i}", 50)) == 50
