@@ -70,6 +70,16 @@ def test_the_counter_rules_whatever_the_order(client: TestClient[Any], db: Conn,
     assert live["kwhConsumedAcTotal"] == 0.7 and live["kwhConsumedAc"] == 0.7
 
 
+def test_a_rise_has_the_registers_decimals_not_float_noise(client: TestClient[Any]) -> None:
+    # 0.7 - 0.2 is 0.49999999999999994 in floating point; a meter reading 0.2 then 0.7 used 0.5 kWh.
+    registers = [0.2, 0.7, 1.0, 1.3]
+    readings = [register_meter("REG-DEC", T0 + timedelta(minutes=m), r) for m, r in enumerate(registers)]
+    assert client.post("/v1/ingest", json=readings).status_code == 201
+    assert client.get("/v1/meters/REG-DEC/live").json()["kwhConsumedAc"] == 0.3
+    report = client.get(f"/v1/analytics/meters/REG-DEC?{_window()}").json()
+    assert report["totalKwh"] == 1.1
+
+
 def test_a_late_reading_splits_the_interval_it_lands_in(client: TestClient[Any], db: Conn) -> None:
     assert (
         client.post(

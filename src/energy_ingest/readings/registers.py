@@ -7,7 +7,8 @@ measurement time, with these rules:
 - a register of exactly 0 after non-zero values, followed by a value at or above the last
   non-zero one, is a placeholder (an offline charger's) and is ignored; followed by a lower value,
   that 0 was a reset;
-- a rise faster than `max_kw` is implausible: stored and flagged, left out of totals (`excluded`).
+- a rise faster than `max_kw` is implausible: stored and flagged, left out of totals (`excluded`);
+- a rise is rounded to the nano-kWh, so a register's decimals give an energy's without float noise.
 
 `derive` is a pure function of the sequence; the writer applies it to the stretch a flush changed.
 """
@@ -21,6 +22,7 @@ from datetime import datetime
 RESET = 1
 PLACEHOLDER = 2
 IMPLAUSIBLE = 4
+DIGITS = 9  # a rise's decimal places (kWh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,9 @@ def derive(points: Sequence[Point], basis: Point | None, max_kw: float) -> tuple
             events.append(Event(p.ts, "reset", p.register, anchor.register))
             since = Point(anchor.ts, 0.0)
         zeros = []
-        rise = p.register - since.register
+        # To the nano-kWh: 0.7 - 0.2 is 0.49999999999999994 in floating point, and the live state and
+        # readings should say 0.5, as the meter would; no meter counts finer.
+        rise = round(p.register - since.register, DIGITS)
         hours = (p.ts - since.ts).total_seconds() / 3600
         if rise > max_kw * hours:
             derived[p.ts] = Derived(p.ts, 0.0, rise, flags | IMPLAUSIBLE)
