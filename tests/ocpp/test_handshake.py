@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -68,21 +70,39 @@ def test_a_removed_charge_point_can_no_longer_connect(central: Server) -> None:
     asyncio.run(scenario())
 
 
-def test_a_charge_point_removed_while_connected_is_closed_within_30_s_and_stores_nothing_more(
+def _new_password(server: Server, charger_id: str) -> str:
+    """`energy-ingest chargers password ID`: the new password it prints."""
+    command = [sys.executable, "-m", "energy_ingest.cli", "chargers", "password", charger_id]
+    done = subprocess.run(
+        [*command, "--database-url", server.database_url], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.removesuffix("\n")
+
+
+def test_a_charge_point_removed_or_given_a_new_password_while_connected_is_closed_within_30_s(
     central: Server,
 ) -> None:
+    # Both in one test: each waits out the 30 s between checks.
     async def scenario() -> None:
         async with Operator(central) as op:
-            password = await op.register("CP-REMOVED")
-            async with station(central, "CP-REMOVED", password) as cp:
-                assert (await cp.boot()).status == "Accepted"  # its lastSeenAt is written now
+            removed, rekeyed = await op.register("CP-REMOVED"), await op.register("CP-REKEYED")
+            async with station(central, "CP-REMOVED", removed) as gone, station(central, "CP-REKEYED", rekeyed) as old:
+                assert (await gone.boot()).status == "Accepted"  # its lastSeenAt is written now
+                assert (await old.boot()).status == "Accepted"
                 await op.ok("DELETE", "/v1/chargers/CP-REMOVED", 204)
+                password = await asyncio.to_thread(_new_password, central, "CP-REKEYED")
                 await asyncio.sleep(SEEN_EVERY_S + 1)
                 sample = {"value": "1500", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}
                 values = [{"timestamp": "2026-11-27T00:00:00Z", "sampledValue": [sample]}]
                 frame = json.dumps([2, "mv-1", "MeterValues", {"connectorId": 1, "meterValue": values}])
-                assert await cp.closed_by(frame) == 1008
-            await op.ok("GET", "/v1/meters/CP-REMOVED-1/live", 404)  # the reading was not stored
+                assert await gone.closed_by(frame) == 1008
+                assert await old.closed_by(frame) == 1008
+            for charger_id in ("CP-REMOVED", "CP-REKEYED"):
+                await op.ok("GET", f"/v1/meters/{charger_id}-1/live", 404)  # the reading was not stored
+        assert (await _refusal(central, "CP-REKEYED", rekeyed)).response.status_code == 401
+        async with station(central, "CP-REKEYED", password) as cp:
+            assert (await cp.boot()).status == "Accepted"
 
     asyncio.run(scenario())
 

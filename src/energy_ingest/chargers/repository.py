@@ -103,10 +103,11 @@ async def record_boot(
     )
 
 
-async def record_seen(conn: Conn, charger_id: str, at: datetime) -> bool:
-    """Whether the charger is (still) registered."""
+async def record_seen(conn: Conn, charger_id: str, at: datetime, password_hash: bytes) -> bool:
+    """Whether the charger is (still) registered with that password."""
     cur = await conn.execute(
-        "UPDATE chargers SET last_seen_at = greatest(last_seen_at, %s) WHERE charger_id = %s", [at, charger_id]
+        "UPDATE chargers SET last_seen_at = greatest(last_seen_at, %s) WHERE charger_id = %s AND password_hash = %s",
+        [at, charger_id, password_hash],
     )
     return cur.rowcount > 0
 

@@ -165,15 +165,16 @@ def basic_password(authorization: bytes | None, user: str) -> str | None:
     return decoded[len(prefix) :] if decoded.startswith(prefix) else None
 
 
-async def verify(pool: Pool, charger_id: str, authorization: bytes | None) -> bool:
-    """Whether the handshake's Basic credentials are this registered charge point's."""
+async def verify(pool: Pool, charger_id: str, authorization: bytes | None) -> bytes | None:
+    """The stored password hash the handshake's Basic credentials match, when they are this registered
+    charge point's; else None. The connection keeps it for `record_seen`."""
     password = basic_password(authorization, charger_id)
     async with pool.connection() as conn:
         row = await repo.charger(conn, charger_id) if CHARGER_ID.match(charger_id) else None
     salt, stored = (row.password_salt, row.password_hash) if row else (_DUMMY_SALT, b"")
     # Compare even for an unknown charger, so timing does not tell which ids exist.
     same = hmac.compare_digest(_digest(salt, password or ""), stored)
-    return row is not None and password is not None and same
+    return stored if row is not None and password is not None and same else None
 
 
 async def mapped_meters(pool: Pool, charger_id: str) -> dict[int, str]:
@@ -188,10 +189,11 @@ async def record_boot(
         await repo.record_boot(conn, charger_id, at, vendor, model, serial, firmware)
 
 
-async def record_seen(pool: Pool, charger_id: str, at: datetime) -> bool:
-    """Note that the charger talks; whether it is still registered (it may have been removed while connected)."""
+async def record_seen(pool: Pool, charger_id: str, at: datetime, credential: bytes) -> bool:
+    """Note that the charger talks; whether it is still registered with the password its connection was
+    admitted with (`credential`, from `verify`): it may have been removed, or given a new password, since."""
     async with pool.connection() as conn:
-        return await repo.record_seen(conn, charger_id, at)
+        return await repo.record_seen(conn, charger_id, at, credential)
 
 
 async def record_status(

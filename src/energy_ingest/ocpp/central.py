@@ -115,8 +115,10 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         pool: Pool,
         ingest: IngestService,
         meters: dict[int, str],
+        credential: bytes,
     ) -> None:
         super().__init__(charger_id, connection, logger=_WIRE)
+        self._credential = credential  # the password hash it was admitted with (chargers.verify)
         self._settings = settings
         self._pool = pool
         self._ingest = ingest
@@ -138,8 +140,8 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         if message.message_type_id != MessageType.Call:
             return  # this central system sends no CALLs, so it awaits no answers
         if not await self._seen():
-            log.info("%s: closing: the charge point is no longer registered", self.id)
-            await self._connection.close(1008, "this charge point is no longer registered")
+            log.info("%s: closing: the charge point is no longer registered, or has a new password", self.id)
+            await self._connection.close(1008, "this charge point is no longer registered, or has a new password")
             return
         action = str(message.action)
         self._failure = None
@@ -172,11 +174,11 @@ class Central(ChargePoint):  # type: ignore[misc]  # the library is untyped
         await self._send(_call_error(unique_id, error))
 
     async def _seen(self) -> bool:
-        """Write `lastSeenAt` every SEEN_EVERY_S; False once the charger is found removed, so that its connection,
-        opened while it was registered, stores nothing sent more than SEEN_EVERY_S after the removal."""
+        """Write `lastSeenAt` every SEEN_EVERY_S; False once the charger is found removed or given a new password,
+        so that its connection, opened before, stores nothing sent more than SEEN_EVERY_S after that."""
         if time.monotonic() - self._seen_written >= SEEN_EVERY_S:
             self._seen_written = time.monotonic()
-            return await chargers.record_seen(self._pool, self.id, _now())
+            return await chargers.record_seen(self._pool, self.id, _now(), self._credential)
         return True
 
     # what is stored

@@ -105,7 +105,7 @@ class Gateway:
             return
         authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         try:
-            allowed = await chargers.verify(self._pool, charger_id, authorization)
+            credential = await chargers.verify(self._pool, charger_id, authorization)
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
@@ -113,7 +113,7 @@ class Gateway:
             retry = [(b"retry-after", str(self._settings.retry_after_s).encode())]
             await _deny(scope, send, 503, "The database is unavailable; connect again later.", retry)
             return
-        if not allowed:
+        if credential is None:
             OCPP_CONNECTIONS.labels("unauthorized").inc()
             log.info("refused charge point %r: unknown, or a wrong password", charger_id[:64])
             challenge = [(b"www-authenticate", b'Basic realm="energy-ingest OCPP", charset="UTF-8"')]
@@ -134,9 +134,9 @@ class Gateway:
             return
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL})
         OCPP_CONNECTIONS.labels("accepted").inc()
-        await self._converse(charger_id, socket)
+        await self._converse(charger_id, socket, credential)
 
-    async def _converse(self, charger_id: str, socket: _Socket) -> None:
+    async def _converse(self, charger_id: str, socket: _Socket, credential: bytes) -> None:
         previous = self._live.pop(charger_id, None)
         if previous is not None:
             old_socket, old_task = previous
@@ -148,7 +148,13 @@ class Gateway:
         try:
             meters = await chargers.mapped_meters(self._pool, charger_id)
             central = Central(
-                charger_id, socket, settings=self._settings, pool=self._pool, ingest=self._ingest, meters=meters
+                charger_id,
+                socket,
+                settings=self._settings,
+                pool=self._pool,
+                ingest=self._ingest,
+                meters=meters,
+                credential=credential,
             )
             log.info("charge point %s connected", charger_id)
             await central.start()
