@@ -5,10 +5,10 @@ first byte, its length a byte at a time, then the rest). At thousands of message
 turn of the event loop and a few system calls per message. `BulkReads` gives paho one large read per
 readiness event and lets it take every packet in it before returning to the loop.
 
-What paho is never told: the socket is read at most once per event, so bytes held back here are never
-a whole packet's worth that waits for an event that will not come. Whatever paho does not take now is
-an unfinished packet, and the rest of it comes with the next event. paho-mqtt is pinned below 3
-(pyproject.toml); tests/mqtt/test_reads.py covers packets split across reads and many in one read.
+Why nothing is left waiting: the socket is read at most once per event, and every whole packet of that
+read is taken before the loop gets its turn back. What can stay behind is the start of a packet whose
+rest has not arrived, and its arrival is the next event. paho-mqtt is pinned below 3 (pyproject.toml);
+tests/mqtt/test_reads.py covers packets split across reads and many in one read.
 """
 
 from __future__ import annotations
