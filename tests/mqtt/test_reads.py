@@ -11,22 +11,11 @@ from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 from energy_ingest.mqtt.reads import BulkReads
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from energy_ingest_bench.publisher import publish_packet
 
 
 def _publish(topic: str, payload: bytes, mid: int) -> bytes:
-    """An MQTT 5 PUBLISH, QoS 1, without properties."""
-    name = topic.encode()
-    body = len(name).to_bytes(2, "big") + name + mid.to_bytes(2, "big") + b"\x00" + payload
-    return b"\x32" + _varint(len(body)) + body
+    return publish_packet(topic.encode(), payload, mid)  # MQTT 5, QoS 1, no properties
 
 
 @pytest.fixture

@@ -415,7 +415,6 @@ def _others(batch: DecodedBatch, device: str) -> str:
 @dataclass(slots=True)
 class _Entry:
     mid: int
-    qos: int
     done: bool = False
 
 
@@ -427,7 +426,7 @@ class _Acks:
         self._waiting: deque[_Entry] = deque()
 
     def expect(self, message: aiomqtt.Message) -> _Entry:
-        entry = _Entry(message.mid, message.qos)
+        entry = _Entry(message.mid)
         if message.qos > 0:  # QoS 0 is never acknowledged
             self._waiting.append(entry)
         return entry
@@ -439,8 +438,8 @@ class _Acks:
         while self._waiting and self._waiting[0].done:
             mids.append(self._waiting.popleft().mid)
         if mids:
-            # The PUBACKs released go in one write: paho's ack() sends each alone, and at thousands of
-            # messages a second those send() calls cost a worker more than the rest of acknowledging.
+            # The PUBACKs released go in one write: paho's ack() makes a send() call for each, a system
+            # call per message at thousands of messages a second.
             # A PUBACK with only a packet id means success (MQTT 5, 3.4.2.1): 0x40, length 2, the id.
             packets = struct.pack(f"!{len(mids)}I", *(_PUBACK | mid for mid in mids))
             self._paho._packet_queue(_PUBACK_COMMAND, packets, 0, 0)

@@ -13,8 +13,6 @@ tests/mqtt/test_reads.py covers packets split across reads and many in one read.
 
 from __future__ import annotations
 
-from typing import Any
-
 from paho.mqtt.client import Client
 from paho.mqtt.enums import MQTTErrorCode
 
@@ -47,7 +45,7 @@ class BulkReads:
         self._at += len(chunk)
         return chunk
 
-    def loop_read(self, max_packets: int = 1) -> Any:
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """paho's `loop_read`, taking every packet of one read whatever `max_packets` says."""
         client = self._client
         self._may_read = True
